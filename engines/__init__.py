@@ -1,0 +1,1 @@
+"""Sprint's algorithms and runtimes: pure torch / numpy / onnxruntime / tensorrt, no ComfyUI."""

@@ -1,0 +1,181 @@
+"""Models that need no download: SD1.5-architecture networks with deterministic random weights,
+and the exact Gaussian-mixture denoiser presented to ComfyUI as a model.
+
+Used by the benchmark (timings do not depend on weight values) and by the host tests. Built from
+ComfyUI's own config classes, so the code paths are the ones real checkpoints take.
+"""
+import math
+
+import torch
+
+import comfy.latent_formats
+import comfy.ldm.models.autoencoder
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.sd
+import comfy.sd1_clip
+import comfy.supported_models
+import comfy.taesd.taesd
+import comfy.utils
+
+from ..engines.gmm import GaussianMixture
+
+
+def init_weights_(module, seed=0):
+    """Fan-in normal weights, zero biases, norms at 1/0 — deterministic for a seed.
+
+    comfy.ops layers skip weight init; std 0.02 everywhere would drive CPU float denormals, and
+    zeroed norms would make every output 0.
+    """
+    g = torch.Generator().manual_seed(seed)
+    norms = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
+    with torch.no_grad():
+        for m in module.modules():
+            for name, p in m.named_parameters(recurse=False):
+                if isinstance(m, norms):
+                    p.fill_(1.0 if name == "weight" else 0.0)
+                elif p.ndim >= 2:
+                    fan_in = p[0].numel() if not isinstance(m, torch.nn.Embedding) else 1
+                    p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+                else:
+                    p.zero_()
+    return module
+
+
+def sd15_unet_config(model_channels=32, levels=2, res_blocks=1, context_dim=768):
+    """An SD1.5-family UNet config. (320, 4, 2) is real SD1.5 (~860 M params, no attention at the
+    deepest level); (320, 2, 1) the shallow full-width one (~107 M) that still loads as SD15."""
+    attn = [1 if level < min(levels, 3) else 0 for level in range(levels)]
+    return {
+        "model_channels": model_channels, "channel_mult": [1, 2, 4, 4][:levels],
+        "num_res_blocks": [res_blocks] * levels,
+        "transformer_depth": [a for a in attn for _ in range(res_blocks)],
+        "transformer_depth_output": [a for a in attn for _ in range(res_blocks + 1)],
+        "transformer_depth_middle": 1, "context_dim": context_dim, "use_spatial_transformer": True,
+        "legacy": False, "adm_in_channels": None, "in_channels": 4, "out_channels": 4,
+        "use_linear_in_transformer": False, "use_temporal_resblock": False,
+        "use_temporal_attention": False, "use_checkpoint": False, "image_size": 32,
+        "num_heads": 8, "num_head_channels": -1,
+    }
+
+
+# (model_channels, levels, res_blocks, context_dim); "tiny" pairs with the tiny CLIP (width 64).
+UNET_SIZES = {"tiny": (32, 2, 1, 64), "shallow": (320, 2, 1, 768), "full": (320, 4, 2, 768)}
+
+
+def sd15_model(size="tiny", seed=0):
+    """A MODEL (ModelPatcher) of SD1.5 architecture with random weights; size in UNET_SIZES."""
+    conf = comfy.supported_models.SD15(sd15_unet_config(*UNET_SIZES[size]))
+    conf.set_inference_dtype(torch.float32, None)
+    base = init_weights_(conf.get_model({}), seed)
+    return comfy.model_patcher.ModelPatcher(base, mm.get_torch_device(), mm.unet_offload_device())
+
+
+TINY_CLIP_CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+                    "num_hidden_layers": 2, "projection_dim": 64}
+
+
+def sd15_clip(tiny=True, seed=0):
+    """A CLIP of the SD1.x family (SD1 tokenizer, offline) with random weights."""
+    options = {"clip_l_model_config": TINY_CLIP_CONFIG} if tiny else {}
+    clip = comfy.sd.CLIP(comfy.supported_models.SD15({}).clip_target(), model_options=options)
+    init_weights_(clip.cond_stage_model, seed)
+    return clip
+
+
+def taesd_state_dict(latent_channels=4, scale=0.18215, shift=0.0, seed=0):
+    """TAESD encoder + decoder keys as comfy.sd.VAE expects them, with random weights."""
+    sd = init_weights_(comfy.taesd.taesd.TAESD(latent_channels=latent_channels), seed).state_dict()
+    sd["vae_scale"], sd["vae_shift"] = torch.tensor(scale), torch.tensor(shift)
+    return sd
+
+
+SMALL_KL_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3,
+                     "out_ch": 3, "ch": 32, "ch_mult": [1, 2, 2, 2], "num_res_blocks": 1,
+                     "attn_resolutions": [], "dropout": 0.0}
+FULL_KL_DDCONFIG = dict(SMALL_KL_DDCONFIG, ch=128, ch_mult=[1, 2, 4, 4], num_res_blocks=2)
+
+
+def kl_state_dict(ddconfig=FULL_KL_DDCONFIG, seed=0):
+    model = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+    return init_weights_(model, seed).state_dict()
+
+
+def taesd_vae(seed=0):
+    """A VAE of TAESD architecture (SD1.x latents) with random weights."""
+    return comfy.sd.VAE(sd=taesd_state_dict(seed=seed))
+
+
+def small_kl_vae(seed=0):
+    """A small KL autoencoder (SD VAE architecture, 32 base channels) with random weights."""
+    return comfy.sd.VAE(sd=kl_state_dict(SMALL_KL_DDCONFIG, seed),
+                        config={"params": {"embed_dim": 4, "ddconfig": SMALL_KL_DDCONFIG}})
+
+
+def sd15_checkpoint_state_dict(unet="shallow", vae="taesd", seed=0, dtype=torch.float16):
+    """A whole SD1.5 checkpoint (UNet "shallow" or "full", full CLIP-L, and a full KL VAE or a
+    TAESD) in the original key layout, so CheckpointLoaderSimple detects it as SD15."""
+    unet = sd15_model(unet, seed).model.diffusion_model.state_dict()
+    clip = sd15_clip(tiny=False, seed=seed + 1).cond_stage_model.state_dict()
+    first_stage = taesd_state_dict(seed=seed + 2) if vae == "taesd" else kl_state_dict(FULL_KL_DDCONFIG, seed + 2)
+    sd = {f"model.diffusion_model.{k}": v for k, v in unet.items()}
+    sd.update({k.replace("clip_l.", "cond_stage_model.", 1): v for k, v in clip.items()})
+    sd.update({f"first_stage_model.{k}": v for k, v in first_stage.items()})
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def write_sd15_checkpoint(path, unet="shallow", vae="taesd", seed=0):
+    """Write sd15_checkpoint_state_dict to `path` (safetensors) and return the path."""
+    comfy.utils.save_torch_file(sd15_checkpoint_state_dict(unet, vae, seed), str(path))
+    return path
+
+
+class GMMLatentFormat(comfy.latent_formats.LatentFormat):
+    """Identity scaling: the mixture already lives in the sampler's latent space."""
+
+    def __init__(self, channels):
+        self.latent_channels = channels
+
+
+class _NoUNet(torch.nn.Module):
+    """Stands where the UNet would; ComfyUI reads the model dtype from it."""
+    dtype = torch.float32
+
+
+class GMMModel(comfy.model_base.BaseModel):
+    """A ComfyUI model whose apply_model returns the exact mixture denoiser D(x; sigma).
+
+    The class label rides in the conditioning tensor ([B, 1, 1], -1 = unconditional), so
+    CFGGuider batches cond and uncond like any model. Flow (CONST) models see
+    x = (1 - s) x0 + s n, i.e. the EDM state x / (1 - s) at sigma = s / (1 - s).
+    """
+
+    def __init__(self, gmm: GaussianMixture, model_type=comfy.model_base.ModelType.EPS):
+        conf = comfy.supported_models.SD15({"disable_unet_model_creation": True})
+        conf.latent_format = GMMLatentFormat(gmm.shape[0])
+        super().__init__(conf, model_type=model_type, device=torch.device("cpu"))
+        self.diffusion_model = _NoUNet()
+        self.gmm = gmm
+        self.flow = model_type == comfy.model_base.ModelType.FLOW
+
+    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        sigma = t.to(torch.float64).reshape(-1).expand(x.shape[0])
+        label = None if c_crossattn is None else c_crossattn[:, 0, 0].round().long()
+        state = x.to(torch.float64)
+        if self.flow:
+            keep = (1 - sigma).clamp(min=1e-6)
+            state, sigma = state / keep.reshape(-1, 1, 1, 1), sigma / keep
+        return self.gmm.denoise(state, sigma, label).to(x.dtype)
+
+
+def gmm_model(gmm, model_type="eps"):
+    """The mixture as a MODEL; model_type one of eps, v_prediction, flow."""
+    kind = {"eps": comfy.model_base.ModelType.EPS, "v_prediction": comfy.model_base.ModelType.V_PREDICTION,
+            "flow": comfy.model_base.ModelType.FLOW}[model_type]
+    return comfy.model_patcher.ModelPatcher(GMMModel(gmm, kind), torch.device("cpu"), torch.device("cpu"))
+
+
+def gmm_conditioning(label):
+    """CONDITIONING selecting one class of the mixture (label -1: the full, unconditional mixture)."""
+    return [[torch.full((1, 1, 1), float(label)), {}]]

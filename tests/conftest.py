@@ -1,0 +1,128 @@
+"""Test tiers: engines (always), host (`host` marker: a ComfyUI checkout), browser (`browser`).
+
+The pack is importable here as `sprint` (its folder name is whatever the clone is called). The
+host tier boots ComfyUI once per session, on CPU, and loads Sprint through ComfyUI's own
+custom-node loader; without a host it is skipped with one line, or fails when
+SPRINT_REQUIRE_HOST=1.
+"""
+import importlib.util
+import os
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("sprint", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+sprint = importlib.util.module_from_spec(_spec)
+sys.modules["sprint"] = sprint
+_spec.loader.exec_module(sprint)
+
+from sprint.nodes import headless  # noqa: E402
+
+REQUIRE_HOST = os.environ.get("SPRINT_REQUIRE_HOST") == "1"
+ENABLE_HINT = "fix it, or point COMFYUI_PATH at a working ComfyUI 0.3.64 checkout"
+
+
+def _host_path():
+    try:
+        return headless.find_comfyui(), None
+    except headless.HostNotFound as e:
+        return None, str(e)
+
+
+HOST_PATH, HOST_MISSING = _host_path()
+_host_state = {"host": None, "error": None}
+
+
+def pytest_report_header(config):
+    return f"ComfyUI host: {HOST_PATH or 'none'}" + (" (required)" if REQUIRE_HOST else "")
+
+
+def _unavailable(reason):
+    if REQUIRE_HOST:
+        pytest.fail(f"SPRINT_REQUIRE_HOST=1 but the host tier cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def host(tmp_path_factory):
+    """The booted ComfyUI (headless.Host) with Sprint and the harness nodes loaded."""
+    if HOST_PATH is None:
+        _unavailable(HOST_MISSING)
+    if _host_state["host"] is None and _host_state["error"] is None:
+        try:
+            import harness
+            _host_state["host"] = harness.boot(HOST_PATH, tmp_path_factory.mktemp("comfy-base"))
+        except Exception as e:  # a broken host is reported, and fails when the host is required
+            _host_state["error"] = f"ComfyUI at {HOST_PATH} failed to boot: {type(e).__name__}: {e}"
+    if _host_state["error"]:
+        _unavailable(_host_state["error"])
+    return _host_state["host"]
+
+
+@pytest.fixture(autouse=True)
+def _tiers(request):
+    """Host and browser tests start by asking for the host, so they skip (or fail) together."""
+    if request.node.get_closest_marker("host") or request.node.get_closest_marker("browser"):
+        request.getfixturevalue("host")
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "host" in r.keywords or "browser" in r.keywords]
+    if skipped and (HOST_MISSING or _host_state["error"]):
+        reason = HOST_MISSING or f"{_host_state['error']}; {ENABLE_HINT}"
+        terminalreporter.write_line(f"host tier skipped ({len(skipped)} tests): {reason}")
+
+
+@pytest.fixture(scope="session")
+def synthetic(host):
+    """nodes/synthetic.py as ComfyUI loaded it: random-weight SD1.5 models and the GMM model."""
+    return host.module("nodes.synthetic")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(synthetic):
+    """A 32-channel SD1.5-architecture MODEL (clone before patching, as nodes do)."""
+    return synthetic.sd15_model("tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(synthetic):
+    return synthetic.sd15_clip(tiny=True, seed=0)
+
+
+@pytest.fixture(scope="session")
+def taesd_vae(synthetic):
+    return synthetic.taesd_vae(seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_kl_vae(synthetic):
+    return synthetic.small_kl_vae(seed=0)
+
+
+@pytest.fixture(scope="session")
+def sd15_checkpoint(host, synthetic):
+    """File name of a shallow full-width SD1.5 checkpoint in the host's models/checkpoints."""
+    import folder_paths
+    name = "sprint_shallow_sd15.safetensors"
+    path = pathlib.Path(folder_paths.get_folder_paths("checkpoints")[0]) / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        synthetic.write_sd15_checkpoint(path, unet="shallow", vae="taesd", seed=0)
+    return name
+
+
+@pytest.fixture(scope="session")
+def comfy_server(host, sd15_checkpoint, tmp_path_factory):
+    """The real ComfyUI server on a loopback port (harness.Server), stopped after the session."""
+    import folder_paths
+    import harness
+    server = harness.Server(host.comfy_path, tmp_path_factory.mktemp("server-base"),
+                            folder_paths.get_folder_paths("checkpoints")[0])
+    try:
+        server.wait()
+        yield server
+    finally:
+        server.stop()

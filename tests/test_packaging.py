@@ -1,0 +1,77 @@
+"""The pack as ComfyUI and the registry see it: cheap import, host-free engines, metadata, tiers."""
+import ast
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HOST_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "nodes", "execution"}
+
+
+def imported_roots(path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module.split(".")[0]
+
+
+def test_engines_never_import_the_host():
+    for path in sorted((ROOT / "engines").rglob("*.py")):
+        assert not HOST_MODULES & set(imported_roots(path)), path
+
+
+def test_importing_the_pack_is_cheap_and_host_free():
+    code = ("import importlib.util, sys; "
+            f"s = importlib.util.spec_from_file_location('pack', r'{ROOT / '__init__.py'}', submodule_search_locations=[r'{ROOT}']); "
+            "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
+            "heavy = sorted({'torch', 'comfy', 'comfy_api', 'onnxruntime', 'tensorrt'} & set(sys.modules)); "
+            "print(m.WEB_DIRECTORY, callable(m.comfy_entrypoint), heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "./web True []"
+
+
+def test_every_node_module_exists():
+    import sprint
+    for name in sprint.NODE_MODULES:
+        assert (ROOT / "nodes" / f"{name}.py").is_file(), name
+
+
+def test_pyproject_matches_requirements_and_registry_rules():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    reqs = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert meta["project"]["dependencies"] == reqs
+    assert not any(re.match(r"torch\b", r) for r in reqs)
+    comfy = meta["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["requires-comfyui"]
+    assert "web" not in comfy          # WEB_DIRECTORY alone, or the JS registers twice
+    assert "GNU GENERAL PUBLIC LICENSE" in (ROOT / "LICENSE").read_text()[:200]
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = re.search(r"^bash \.ci/test$", readme, re.M)
+    assert command and "\nbash .ci/test\n" in ci
+
+
+@pytest.mark.parametrize("require", ["", "1"])
+def test_missing_host_skips_with_one_line_or_fails_when_required(require, tmp_path):
+    if (ROOT.parent.parent / "comfy" / "model_management.py").is_file():
+        pytest.skip("Sprint sits inside a ComfyUI checkout: a missing host cannot be simulated")
+    env = dict(os.environ, COMFYUI_PATH=str(tmp_path / "no-comfyui"), SPRINT_REQUIRE_HOST=require)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                          "tests/nodes/test_host.py::test_pack_loads_without_import_failures"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("host tier skipped")]
+    if require:
+        assert run.returncode == 1 and "SPRINT_REQUIRE_HOST=1" in run.stdout
+    else:
+        assert run.returncode == 0 and len(lines) == 1 and "COMFYUI_PATH" in lines[0], run.stdout
