@@ -1,0 +1,120 @@
+"""On-disk safety shared by every Sprint store: atomic writes, inter-process locks, digests.
+
+Two ComfyUI processes may share one models folder, and a crash may come mid-write: a file is
+either complete or absent, and builders of the same artifact take turns.
+"""
+import contextlib
+import hashlib
+import os
+import pathlib
+import tempfile
+import time
+
+import torch
+
+if os.name == "nt":
+    import msvcrt
+
+    def _lock(fd):
+        while True:
+            try:
+                return msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+            except OSError:       # LK_LOCK gives up after ~10 s; keep waiting
+                time.sleep(0.1)
+
+    def _unlock(fd):
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _lock(fd):
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def _unlock(fd):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Write to a temp file beside `path`, fsync, then rename over it; nothing half-written."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_save(path, save):
+    """Atomically create `path` through a writer that wants a file name: save(tmp_path)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(fd)
+    try:
+        save(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def file_lock(path):
+    """An exclusive lock between processes (and threads) on `path` + '.lock'."""
+    lock = pathlib.Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _lock(fd)
+        try:
+            yield
+        finally:
+            _unlock(fd)
+    finally:
+        os.close(fd)
+
+
+def digest(*items):
+    """A stable hex digest of nested tuples/lists/dicts of tensors, numbers, strings and objects.
+
+    Tensors hash by dtype, shape and bytes; objects by class name and attributes; callables by
+    qualified name. Equal content gives equal digests across processes."""
+    h = hashlib.blake2b(digest_size=16)
+    _feed(h, items)
+    return h.hexdigest()
+
+
+def _feed(h, obj):
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for x in obj:
+            _feed(h, x)
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for k in sorted(obj, key=repr):
+            _feed(h, k)
+            _feed(h, obj[k])
+    elif isinstance(obj, (set, frozenset)):
+        _feed(h, sorted(obj, key=repr))
+    elif obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.dtype)):
+        h.update(f"{type(obj).__name__}:{obj!r}".encode())
+    elif callable(obj) and hasattr(obj, "__qualname__"):
+        h.update(f"F{obj.__module__}.{obj.__qualname__}".encode())
+    else:
+        h.update(f"O{type(obj).__module__}.{type(obj).__qualname__}".encode())
+        _feed(h, {k: v for k, v in vars(obj).items() if not k.startswith("_")} if hasattr(obj, "__dict__") else repr(obj))

@@ -1,0 +1,58 @@
+"""Host glue every Sprint node shares: events to the web extension, Sprint's model folders,
+progress with Cancel, and the identity of a patched model's weights."""
+import logging
+import os
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+
+from ..engines.files import digest
+
+log = logging.getLogger("sprint")
+
+
+def send_event(event, data):
+    """Send `sprint.<event>` to the frontend; a headless run (no PromptServer) just skips it."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is not None:
+        server.send_sync(f"sprint.{event}", data, server.client_id)
+
+
+def model_folder(name):
+    """models/<name> registered with folder_paths (idempotent); returns its first path."""
+    if name not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
+    path = folder_paths.get_folder_paths(name)[0]
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+class Progress:
+    """ComfyUI's progress bar (what the UI shows and Cancel hooks into) for `total` units."""
+
+    def __init__(self, total):
+        self.bar = comfy.utils.ProgressBar(total)
+
+    def update(self, n=1):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        self.bar.update(n)
+
+
+def patcher_fingerprint(patcher, prefix=None):
+    """Digest of a ModelPatcher's effective weights: unpatched base weights plus every weight
+    patch (LoRA, merges) with its strengths. Base-weight digests are memoised on the model, so
+    only the first call on a model pays for hashing its tensors."""
+    memo = patcher.model.__dict__.setdefault("_sprint_weight_digests", {})
+    parts = []
+    for key, (weight, _convert), *patches in sorted(
+            ((k, *v) for k, v in patcher.get_key_patches(prefix).items()), key=lambda kv: kv[0]):
+        tag = (key, weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype)
+        if tag not in memo:
+            memo[tag] = digest(weight)
+        parts.append((key, memo[tag], patches))
+    return digest(parts)

@@ -1,0 +1,41 @@
+"""Shared host glue: model folders, events, weight fingerprints of patched models."""
+import os
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.host
+
+
+def test_model_folder_is_registered(host):
+    import folder_paths
+    common = host.module("nodes.common")
+    path = common.model_folder("sprint_test_folder")
+    assert os.path.isdir(path) and folder_paths.get_folder_paths("sprint_test_folder")[0] == path
+    assert common.model_folder("sprint_test_folder") == path
+
+
+def test_send_event_is_silent_headless(host):
+    host.module("nodes.common").send_event("test", {"a": 1})     # no PromptServer.instance here
+
+
+def test_fingerprint_follows_weights_and_patches(host, synthetic):
+    common = host.module("nodes.common")
+    a, b = synthetic.sd15_model("tiny", seed=0), synthetic.sd15_model("tiny", seed=0)
+    assert common.patcher_fingerprint(a) == common.patcher_fingerprint(b)
+    assert common.patcher_fingerprint(a) != common.patcher_fingerprint(synthetic.sd15_model("tiny", seed=1))
+    key = "diffusion_model.out.2.weight"
+    w = a.model.diffusion_model.out[2].weight
+    lora = a.clone()
+    lora.add_patches({key: ("diff", (torch.ones_like(w),))}, 0.5)
+    assert common.patcher_fingerprint(lora) != common.patcher_fingerprint(a)
+    stronger = a.clone()
+    stronger.add_patches({key: ("diff", (torch.ones_like(w),))}, 0.7)
+    assert common.patcher_fingerprint(stronger) != common.patcher_fingerprint(lora)
+    # applying the patch in place (as loading does) does not change the identity
+    before = common.patcher_fingerprint(lora)
+    lora.patch_model()
+    try:
+        assert common.patcher_fingerprint(lora) == before
+    finally:
+        lora.unpatch_model()
