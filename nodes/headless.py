@@ -207,28 +207,21 @@ def provide_checkpoint(host, ckpt=None, cache_dir=None):
     return ckpt.name
 
 
-def main(argv=None):
-    """`python <Sprint folder> run ...`: run an API workflow headless and print its timings."""
-    import argparse
+def configure_run(parser):
+    """`run`: an API workflow (default: ComfyUI's stock txt2img), timed."""
+    parser.add_argument("--workflow", help="API-format workflow JSON; its CheckpointLoaderSimple nodes get --ckpt")
+    parser.add_argument("--ckpt", help="checkpoint file (default: a random-weight SD1.5 architecture, said so)")
+    parser.add_argument("--size", type=int, default=512, help="image side in pixels for the stock workflow")
+    parser.add_argument("--steps", type=int, default=20, help="steps for the stock workflow")
+    parser.add_argument("--repeat", type=int, default=1, help="runs to time (the first includes model loading)")
+    parser.set_defaults(func=run_command)
+
+
+def run_command(args):
     import json
     import statistics
-    import tempfile
     import time
-    parser = argparse.ArgumentParser(prog="sprint", description=main.__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run an API-format workflow (default: ComfyUI's stock txt2img)")
-    run.add_argument("--workflow", help="API-format workflow JSON; its CheckpointLoaderSimple nodes get --ckpt")
-    run.add_argument("--ckpt", help="checkpoint file (default: a random-weight SD1.5 architecture, said so)")
-    run.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH, else two folders up)")
-    run.add_argument("--size", type=int, default=512, help="image side in pixels for the stock workflow")
-    run.add_argument("--steps", type=int, default=20, help="steps for the stock workflow")
-    run.add_argument("--repeat", type=int, default=1, help="runs to time (the first includes model loading)")
-    run.add_argument("--gpu", action="store_true", help="use the GPU if ComfyUI finds one (default: CPU)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-
-    base = tempfile.mkdtemp(prefix="sprint-headless-")
-    host = boot(args.comfyui, base, cpu=not args.gpu)
+    host = boot_for(args)
     ckpt_name = provide_checkpoint(host, args.ckpt)
     if args.workflow:
         prompt = json.loads(pathlib.Path(args.workflow).read_text())
@@ -250,5 +243,33 @@ def main(argv=None):
         times.append(time.perf_counter() - start)
         print(f"run {i + 1}: {times[-1]:.2f} s")
     images = [img["filename"] for out in result.ui.values() for img in out.get("images", [])]
-    print(f"median {statistics.median(times):.2f} s over {len(times)} run(s); images: {images} in {base}/output")
+    print(f"median {statistics.median(times):.2f} s over {len(times)} run(s); images: {images} in {host.base_dir}/output")
     return 0
+
+
+def boot_for(args):
+    """Boot ComfyUI for a CLI command, in a fresh temp base directory."""
+    import tempfile
+    return boot(args.comfyui, tempfile.mkdtemp(prefix="sprint-headless-"), cpu=not args.gpu)
+
+
+# Sub-commands of `python <Sprint folder> ...`: name -> module of this pack with a
+# configure(parser) that adds its arguments and sets func(args) -> exit code.
+COMMANDS = {"run": "nodes.headless"}
+
+
+def main(argv=None):
+    """Sprint's headless jobs on ComfyUI (booted as a library, CPU unless --gpu)."""
+    import argparse
+    import importlib
+    parser = argparse.ArgumentParser(prog="sprint", description=main.__doc__)
+    parser.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH, else two folders up)")
+    parser.add_argument("--gpu", action="store_true", help="use the GPU if ComfyUI finds one (default: CPU)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    package = __name__.rsplit(".", 2)[0]
+    for name, module in COMMANDS.items():
+        configure = getattr(importlib.import_module(f"{package}.{module}"), f"configure_{name.replace('-', '_')}")
+        configure(sub.add_parser(name, help=configure.__doc__.splitlines()[0]))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    return args.func(args)
