@@ -8,9 +8,6 @@ import torch
 
 from sprint.engines import taesd as T
 
-DATA = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "taesd"
-if not DATA.is_dir():   # the worktree layout (/work/wt/<name>) keeps shared/ two levels further up
-    DATA = pathlib.Path("/work/shared/data/taesd")
 # Measured round-trip PSNR of the real taef2 on the 256 px centre crops below: astronaut 29.6,
 # coffee 31.5, chelsea 30.5 dB (fp32; bf16 within 0.05 dB). Broken wiring lands near 20 dB or
 # below (no GroupNorm branch: 20.0, scrambled 2x2 packing: 17.0; see the test that checks it), so
@@ -77,9 +74,9 @@ def test_every_variant_loads_its_official_layout(variant, kind, tmp_path):
         assert vae.encode(torch.rand(1, 3, 32, 32)).shape == ((1, 128, 2, 2) if v.packed else (1, v.latent_channels, 4, 4))
 
 
-def test_real_taef2_files_match_the_architecture():
+def test_real_taef2_files_match_the_architecture(taesd_data):
     for kind in ("decoder", "encoder"):
-        sd = torch.load(DATA / f"taef2_{kind}.pth", map_location="cpu", weights_only=True)
+        sd = torch.load(taesd_data / f"taef2_{kind}.pth", map_location="cpu", weights_only=True)
         assert {k: tuple(t.shape) for k, t in sd.items()} == official_keys(kind, 32, pooled=True)
 
 
@@ -111,8 +108,8 @@ def test_safetensors_file_loads_the_same(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def taef2():
-    return T.load_decoder(DATA / "taef2_decoder.pth"), T.load_encoder(DATA / "taef2_encoder.pth")
+def taef2(taesd_data):
+    return T.load_decoder(taesd_data / "taef2_decoder.pth"), T.load_encoder(taesd_data / "taef2_encoder.pth")
 
 
 CROP = 256     # centre crops keep the test quick; the benchmark reports whole images

@@ -1,6 +1,5 @@
 """SprintLightVAEDecode/Encode in the host: files from models/vae_approx, variant from the model,
 ComfyUI's own TAESD as the reference, the real taef2 through the executor, clear errors."""
-import os
 import pathlib
 import shutil
 
@@ -11,13 +10,10 @@ import harness
 
 pytestmark = pytest.mark.host
 
-DATA = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "taesd"
-if not DATA.is_dir():
-    DATA = pathlib.Path("/work/shared/data/taesd")
 
 
 @pytest.fixture(scope="module")
-def vae_approx(host, synthetic):
+def vae_approx(host, synthetic, taesd_data):
     """models/vae_approx with the real taef2 decoder + encoder and a random-weight taesd decoder
     (ComfyUI's own TAESD module's keys, i.e. the official layout)."""
     import comfy.utils
@@ -25,7 +21,7 @@ def vae_approx(host, synthetic):
     folder = pathlib.Path(folder_paths.get_folder_paths("vae_approx")[0])
     folder.mkdir(parents=True, exist_ok=True)
     for part in ("decoder", "encoder"):
-        shutil.copy(DATA / f"taef2_{part}.pth", folder / f"taef2_{part}.pth")
+        shutil.copy(taesd_data / f"taef2_{part}.pth", folder / f"taef2_{part}.pth")
     sd = synthetic.taesd_state_dict(seed=4)
     comfy.utils.save_torch_file({k[len("taesd_decoder."):]: v for k, v in sd.items() if k.startswith("taesd_decoder.")},
                                 str(folder / "taesd_decoder.safetensors"))
