@@ -145,7 +145,6 @@ class DiskStore:
         for key, used in self._touched.items():
             if key in found:
                 found[key]["used"] = max(found[key]["used"], used)
-        self._touched.clear()
         return found
 
     def _evict(self, entries):
@@ -159,13 +158,13 @@ class DiskStore:
     def _write(self, entries):
         with atomic_write(self.folder / INDEX, "w") as f:
             json.dump({"format": FORMAT, "entries": entries}, f)
+        self._touched.clear()
 
     def stats(self):
         if not self.folder.is_dir():
             return {"entries": 0, "bytes": 0}
         with file_lock(self.folder / INDEX):
             entries = self._entries()
-            self._write(entries)
         return {"entries": len(entries), "bytes": sum(e["bytes"] for e in entries.values())}
 
     def clear(self):
@@ -253,13 +252,14 @@ class PromptCache:
             if disk and self.disk:
                 self.disk.clear()
 
-    def stats(self):
+    def stats(self, disk=True):
+        """Counts and sizes; disk=True also reads the disk folder (under its lock)."""
         with self._lock:
             out = {"hits_memory": self.counts["memory"], "hits_disk": self.counts["disk"],
                    "misses": self.counts["miss"], "bypassed": self.counts["bypass"],
                    "memory_entries": len(self._memory), "memory_bytes": self._memory_bytes,
                    "memory_limit": self.memory_limit}
-            if self.disk:
+            if disk and self.disk:
                 out.update({f"disk_{k}": v for k, v in self.disk.stats().items()},
                            disk_limit=self.disk.limit, disk_folder=str(self.disk.folder), disk_disabled=self.disk.disabled)
             return out

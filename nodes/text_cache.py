@@ -47,15 +47,16 @@ def uncacheable_reason(clip):
 
 
 def weights_identity(patcher):
-    """common.patcher_fingerprint, memoised on the model per patch set and weight storage:
-    a lookup then costs a pass over parameter handles, not over 123 M weights."""
-    state = (patcher.patches_uuid, tuple((p.data_ptr(), p._version) for p in patcher.model.parameters()))
+    """common.patcher_fingerprint, memoised on the model per patch set (patches_uuid changes with
+    every LoRA or merge patch): a lookup costs a dict access, not a pass over 123 M weights, and
+    stays valid while ComfyUI moves the weights between devices. Like ComfyUI's own caches, it
+    assumes weights change only through the patcher."""
     memo = patcher.model.__dict__.setdefault("_sprint_text_identity", {})
-    if state not in memo:
-        if len(memo) >= 16:
+    if patcher.patches_uuid not in memo:
+        if len(memo) >= 64:
             memo.clear()
-        memo[state] = common.patcher_fingerprint(patcher)
-    return memo[state]
+        memo[patcher.patches_uuid] = common.patcher_fingerprint(patcher)
+    return memo[patcher.patches_uuid]
 
 
 def cache_key(clip, tokens):
@@ -125,7 +126,7 @@ class SprintCachedTextEncode(io.ComfyNode):
         conditioning, outcome = encode(clip, text, cache)
         if outcome.startswith("bypass") and cache != "off":
             log.info("Sprint text cache: encoding without cache (%s)", outcome[8:])
-        common.send_event("text_cache", {"outcome": outcome, **store().stats()})
+        common.send_event("text_cache", {"outcome": outcome, **store().stats(disk=False)})
         return io.NodeOutput(conditioning)
 
 
