@@ -245,10 +245,11 @@ class TinyVAE:
                              latents, batch_size)
 
     def encode(self, images, tile=0, batch_size=None, progress=None):
-        """Images [B,3,H,W] in 0..1 (H, W multiples of 8) -> unscaled LATENT samples."""
+        """Images [B,3,H,W] in 0..1 (sides multiples of 8; 16 when packed) -> unscaled LATENT samples."""
         v = self.variant
-        if images.shape[-1] % SPATIAL or images.shape[-2] % SPATIAL:
-            raise ValueError(f"image sides must be multiples of {SPATIAL}, got {tuple(images.shape[-2:])}")
+        multiple = SPATIAL * (2 if v.packed else 1)
+        if images.shape[-1] % multiple or images.shape[-2] % multiple:
+            raise ValueError(f"{self.name} needs image sides that are multiples of {multiple}, got {tuple(images.shape[-2:])}")
         z = self._chunked(lambda x: self.encoder(x, tile, progress) / v.scale + v.shift, images, batch_size)
         return pack(z) if v.packed else z
 

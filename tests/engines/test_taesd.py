@@ -205,6 +205,8 @@ def test_wrong_channels_are_named():
     vae = T.TinyVAE("taesd", random_net("decoder"))
     with pytest.raises(ValueError, match="4-channel latents, got 16"):
         vae.decode(torch.randn(1, 16, 8, 8))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        T.TinyVAE("taef2", encoder=random_net("encoder", "taef2")).encode(torch.rand(1, 3, 24, 32))
     with pytest.raises(ValueError, match="expects 16 latent channels"):
         T.TinyVAE("taef1", random_net("decoder"))
 
