@@ -116,8 +116,9 @@ class DiskStore:
         try:
             atomic_save(self.path(key), lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=meta))
             with file_lock(self.folder / INDEX):
-                entries = self._entries()
-                entries[key] = {"bytes": self.path(key).stat().st_size, "used": time.time(), "label": label[:80]}
+                entries = self._entries()          # finds the new file (unless another process evicted it)
+                if key in entries:
+                    entries[key].update(used=time.time(), label=label[:80])
                 self._evict(entries)
                 self._write(entries)
         except OSError as e:       # ENOSPC, EDQUOT, EROFS, EACCES: keep generating, memory-only
@@ -136,11 +137,14 @@ class DiskStore:
             entries = {}
         found = {}
         for item in os.scandir(self.folder):
+            try:
+                st = item.stat()
+            except FileNotFoundError:      # renamed or removed by another process meanwhile
+                continue
             if item.name.endswith(SUFFIX) and not item.name.startswith("."):
                 key = item.name[:-len(SUFFIX)]
-                st = item.stat()
-                found[key] = entries.get(key) or {"bytes": st.st_size, "used": st.st_mtime, "label": ""}
-            elif item.name.endswith(".partial") and time.time() - item.stat().st_mtime > STALE_PARTIAL_S:
+                found[key] = dict(entries.get(key) or {"used": st.st_mtime, "label": ""}, bytes=st.st_size)
+            elif item.name.endswith(".partial") and time.time() - st.st_mtime > STALE_PARTIAL_S:
                 _unlink(item.path)
         for key, used in self._touched.items():
             if key in found:
