@@ -189,7 +189,8 @@ def test_builder_and_loader_nodes(acc, host, tiny_model, conds, tmp_path):
 def test_accelerate_node_in_a_prompt(host, acc, tiny_model, tiny_clip, taesd_vae, monkeypatch):
     from comfy_execution.graph_utils import GraphBuilder
     events = []
-    monkeypatch.setattr(acc.common, "send_event", lambda event, data: events.append((event, data)))
+    executed = sys.modules[host.nodes.NODE_CLASS_MAPPINGS["SprintAccelerateUNet"].__module__]  # ComfyUI's copy
+    monkeypatch.setattr(executed.common, "send_event", lambda event, data: events.append((event, data)))
     g = GraphBuilder()
     acc_node = g.node("SprintAccelerateUNet", model=harness.source(g, "MODEL", tiny_model), backend="auto",
                       precision="fp32", max_batch=4, min_size=64, max_size=128, max_tokens=231)
