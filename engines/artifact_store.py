@@ -59,7 +59,7 @@ def file_digest(path):
     return h.hexdigest()
 
 
-_verified = {}   # (folder, sidecar mtime, sizes) -> True: hash each artifact once per process
+_verified = {}   # (folder, sidecar and file stats) -> True: hash each unchanged artifact once per process
 
 
 def read(path):
@@ -73,16 +73,16 @@ def read(path):
         raise ArtifactError(f"{path.name}: unreadable sidecar ({e})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("files"), dict):
         raise ArtifactError(f"{path.name}: sidecar is not a {FORMAT} record")
-    sizes = []
+    stats = []
     for name, f in record["files"].items():
         try:
-            size = (path / name).stat().st_size
+            stat = (path / name).stat()
         except OSError:
             raise ArtifactError(f"{path.name}: {name} is missing") from None
-        if size != f["bytes"]:
-            raise ArtifactError(f"{path.name}: {name} has {size} bytes, the sidecar says {f['bytes']} (truncated or replaced)")
-        sizes.append(size)
-    tag = (str(path), (path / SIDECAR).stat().st_mtime_ns, tuple(sizes))
+        if stat.st_size != f["bytes"]:
+            raise ArtifactError(f"{path.name}: {name} has {stat.st_size} bytes, the sidecar says {f['bytes']} (truncated or replaced)")
+        stats.append((name, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    tag = (str(path), (path / SIDECAR).stat().st_mtime_ns, tuple(stats))
     if tag not in _verified:
         for name, f in record["files"].items():
             if file_digest(path / name) != f["digest"]:

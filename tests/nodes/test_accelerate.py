@@ -174,11 +174,13 @@ def test_builder_and_loader_nodes(acc, host, tiny_model, conds, tmp_path):
     loaded = acc.SprintLoadUNetEngine.execute(tiny_model, name).args[0]
     assert rel(sample(loaded, conds), sample(tiny_model, conds)) <= 1e-3
     # a corrupt artifact is refused and rebuilt, never loaded
+    key = acc.read(path).key
     data = path / "unet.onnx.data"
     data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\0")
+    assert acc.store().lookup(key) is None
     rebuilt = acc.SprintLoadUNetEngine.execute(tiny_model, name).args[0]
     assert rel(sample(rebuilt, conds), sample(tiny_model, conds)) <= 1e-3
-    assert acc.store().lookup(acc.read(path).key) is not None
+    assert acc.store().lookup(key) is not None
     foreign = acc.store().root / "not-an-engine"
     foreign.mkdir()
     (foreign / "sprint.json").write_text("{}")
