@@ -266,6 +266,9 @@ def accelerate(model, backend, precision, profile):
 
 
 def profile_from(max_batch, min_size, max_size, max_tokens):
+    """A ShapeProfile from the nodes' pixel sizes (latent = pixels / 8)."""
+    if min_size > max_size:
+        raise ValueError(f"min_size {min_size} is larger than max_size {max_size}")
     side = (min_size // 8, max_size // 8)
     return ShapeProfile(batch=(1, max_batch), height=side, width=side, tokens=(77, max_tokens))
 
@@ -305,8 +308,6 @@ class SprintAccelerateUNet(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, backend, precision, max_batch, min_size, max_size, max_tokens):
-        if min_size > max_size:
-            raise ValueError(f"min_size {min_size} is larger than max_size {max_size}")
         return io.NodeOutput(accelerate(model, backend, precision, profile_from(max_batch, min_size, max_size, max_tokens))[0])
 
 
