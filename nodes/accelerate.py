@@ -196,7 +196,12 @@ def _outer_sample(slot_id, executor, *args, **kwargs):
     except BaseException:
         slot.calibration = None          # an interrupted run calibrates nothing
         raise
-    slot.finish_run()
+    try:
+        slot.finish_run()
+    except mm.InterruptProcessingException:
+        raise
+    except Exception:
+        log.warning("Sprint engine: INT8 quantization failed; the model keeps running in PyTorch", exc_info=True)
     return result
 
 
@@ -204,15 +209,22 @@ def _diffusion_model(slot_id, executor, x, timesteps=None, context=None, y=None,
                      transformer_options={}, **kwargs):
     slot = SLOTS[slot_id]
     reason = slot.call_reason(x, context, y, control, transformer_options, kwargs)
-    engine = None if reason else slot.engine(executor.class_obj)
-    if engine is None:
-        if slot.calibration is not None and not reason:
+    if reason is None:
+        try:
+            engine = slot.engine(executor.class_obj)
+            if engine is not None:
+                out = engine(x, timesteps, context, y).to(x.dtype)
+                slot.stats["engine_calls"] += 1
+                return out
             slot.calibration.record(x, timesteps, context, y)
-        else:
-            slot.fallback(reason)
-        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
-    slot.stats["engine_calls"] += 1
-    return engine(x, timesteps, context, y).to(x.dtype)
+        except mm.InterruptProcessingException:
+            raise
+        except Exception as e:          # a failed build or run costs speed for this run, never the image
+            log.warning("Sprint engine failed", exc_info=True)
+            reason = slot.run_reason = f"the engine failed ({type(e).__name__}: {e})"
+    if reason is not None:
+        slot.fallback(reason)
+    return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 
 
 class EngineFootprint(torch.nn.Module):

@@ -207,3 +207,12 @@ def test_accelerate_node_in_a_prompt(host, acc, tiny_model, tiny_clip, taesd_vae
     result = host.run(g.finalize())
     assert torch.isfinite(result.output(ks.id)["samples"]).all()
     assert any(e == "engine" and d.get("status") == "ready" and d["backend"] == "onnxruntime" for e, d in events)
+
+
+def test_engine_failure_runs_pytorch(acc, tiny_model, conds, monkeypatch):
+    def broken(artifact, device):
+        raise RuntimeError("session creation failed")
+    monkeypatch.setattr(acc.unet_engine, "load", broken)
+    model, slot = accelerated(acc, tiny_model)
+    assert torch.equal(sample(model, conds), sample(tiny_model, conds))
+    assert slot.stats["pytorch_calls"] == 4 and "session creation failed" in slot.run_reason
