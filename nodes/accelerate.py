@@ -72,7 +72,7 @@ class Slot:
     def __init__(self, backend, precision, profile):
         self.backend, self.precision, self.profile = backend, precision, profile
         self.runtime = self.runtime_key = self.key = self.run_reason = self.calibration = None
-        self.arch = None
+        self.arch = self.device = None
         self.estimate = 0
         self.reasons = set()
         self.stats = {"engine_calls": 0, "pytorch_calls": 0}
@@ -128,7 +128,7 @@ class Slot:
         artifact = artifacts.lookup(self.key)
         if artifact is None:
             export = functools.partial(self.export, unet)
-            int8_graph = unet_engine.source_key(self.key) if self.backend == "tensorrt" else self.key
+            int8_graph = unet_engine.source_key(self.key) if self.key["backend"] == "tensorrt" else self.key
             if self.precision == "int8" and artifacts.lookup(int8_graph) is None:
                 if self.calibration is None:
                     self._build(unet_engine.source_key(int8_graph), export, "exporting the FP32 graph")
@@ -270,10 +270,6 @@ def accelerate(model, backend, precision, profile):
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, functools.partial(_diffusion_model, slot_id))
     device = model.load_device
     model.set_additional_models(KEY, [EnginePatcher(EngineFootprint(slot_id, device), device, device)])
-    try:
-        resolve(backend, device)
-    except ort_runtime.RuntimeMissing as e:
-        log.warning("Sprint engine: %s; the model runs in PyTorch", e)
     return model, slot
 
 
