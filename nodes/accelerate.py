@@ -1,0 +1,390 @@
+"""UNet engines: SprintAccelerateUNet runs the diffusion model through ONNX Runtime (FP32, FP16,
+INT8) or TensorRT, building the engine on first use and reusing it from the Sprint models folder.
+
+Hook: a keyed DIFFUSION_MODEL wrapper, i.e. exactly where the UNet's forward(x, timesteps,
+context, y, control, transformer_options) runs, below ComfyUI's input scaling, CFG and every
+sampler, so those keep working unchanged. Each call the engine cannot reproduce (ControlNet
+residuals, attention/block patches, extra inputs, shapes outside the profile) runs the PyTorch
+UNet instead, with its reason logged once. An OUTER_SAMPLE wrapper computes the artifact key
+from the patched weights at the start of every sampling run (a LoRA added anywhere upstream or
+downstream changes it: new engine), and after an INT8 calibration run quantizes.
+
+Memory: the engine is an additional model of the patched MODEL (EnginePatcher), so
+load_models_gpu counts its real size (artifact bytes, plus TensorRT's activation memory) next to
+the PyTorch UNet, which stays loaded for the fallbacks; evicting it releases the session.
+"""
+import functools
+import logging
+import uuid
+
+import torch
+
+import comfy.ldm.modules.attention
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.sample
+from comfy_api.latest import io, ui
+
+from . import common
+from ..engines import ort_runtime, tensorrt_runtime, unet_engine
+from ..engines.artifact_store import ArtifactError, ArtifactStore, read
+from ..engines.files import digest
+from ..engines.onnx_export import ShapeProfile, export_unet
+from ..engines.quantize import CalibrationSet
+
+log = logging.getLogger("sprint")
+
+FOLDER = "sprint_engines"
+KEY = "sprint.accelerate"
+SLOTS = {}          # uuid -> Slot; model_options carry only the uuid (they are deep-copied)
+
+
+def store():
+    return ArtifactStore(common.model_folder(FOLDER))
+
+
+def _plain_attention(func, *args, **kwargs):
+    """Export with PyTorch SDPA: ComfyUI's CPU default (sub-quadratic chunking) bakes the traced
+    shapes into Python branches."""
+    return comfy.ldm.modules.attention.attention_pytorch(*args, **kwargs)
+
+
+def resolve(backend, torch_device):
+    """(backend, device) to run, or raise RuntimeMissing naming the package to install."""
+    torch_device = torch.device(torch_device)
+    if backend == "auto":
+        if torch_device.type == "cuda" and tensorrt_runtime.available():
+            return "tensorrt", torch_device
+        backend = "onnxruntime"
+    if backend == "tensorrt":
+        tensorrt_runtime.require()
+        return "tensorrt", torch_device
+    ort_runtime.require()
+    if torch_device.type != "cpu":
+        ort_runtime.providers(torch_device)      # raises without onnxruntime-gpu
+    return "onnxruntime", torch_device
+
+
+class Slot:
+    """The live side of one accelerated MODEL: settings, the loaded engine, the run's key."""
+
+    def __init__(self, backend, precision, profile):
+        self.backend, self.precision, self.profile = backend, precision, profile
+        self.runtime = self.runtime_key = self.key = self.run_reason = self.calibration = None
+        self.arch = self.device = None
+        self.estimate = 0
+        self.reasons = set()
+        self.stats = {"engine_calls": 0, "pytorch_calls": 0}
+
+    def fallback(self, reason):
+        self.stats["pytorch_calls"] += 1
+        if reason not in self.reasons:
+            self.reasons.add(reason)
+            log.warning("Sprint engine: running the PyTorch UNet: %s", reason)
+            common.send_event("engine", {"fallback": reason})
+
+    def nbytes(self):
+        if self.runtime is not None:
+            return self.runtime.nbytes
+        artifact = self.key and store().lookup(self.key)
+        return artifact.nbytes if artifact else self.estimate
+
+    def release(self):
+        self.runtime = self.runtime_key = None
+
+    def begin_run(self, patcher):
+        """Key the run on the weights the sampler will use (base + patches/LoRA)."""
+        config = patcher.model.model_config.unet_config
+        levels = len(config.get("channel_mult", ())) or 1
+        self.arch = {"in_channels": config.get("in_channels", 4), "context_dim": config.get("context_dim"),
+                     "y_dim": config.get("adm_in_channels") if config.get("num_classes") == "sequential" else None}
+        self.profile = ShapeProfile.from_dict({**self.profile.as_dict(), "multiple": 2 ** (levels - 1)})
+        self.run_reason = self.key = None
+        if any(k.startswith("diffusion_model.") for k in patcher.object_patches):
+            self.run_reason = "object patches replace parts of the UNet"
+            return
+        try:
+            backend, device = resolve(self.backend, patcher.load_device)
+            self.device = device
+            key = unet_engine.make_key(common.patcher_fingerprint(patcher, "diffusion_model."), digest(config),
+                                       self.profile, self.precision, backend, device)
+        except ort_runtime.RuntimeMissing as e:
+            self.run_reason = str(e)
+            return
+        if self.runtime_key is not None and key != self.runtime_key:
+            log.info("Sprint engine: the model's weights or settings changed (LoRA/patches): using another engine")
+            self.release()
+        params = sum(p.numel() for p in patcher.model.diffusion_model.parameters())
+        self.estimate = params * {"fp32": 4, "fp16": 2, "int8": 1}[self.precision]
+        self.key = key
+
+    def engine(self, unet):
+        """The loaded engine for this run's key, building it if needed; None while an INT8
+        calibration run records (that run samples in PyTorch)."""
+        if self.runtime is not None and self.runtime_key == self.key:
+            return self.runtime
+        artifacts = store()
+        artifact = artifacts.lookup(self.key)
+        if artifact is None:
+            export = functools.partial(self.export, unet)
+            int8_graph = unet_engine.source_key(self.key) if self.key["backend"] == "tensorrt" else self.key
+            if self.precision == "int8" and artifacts.lookup(int8_graph) is None:
+                if self.calibration is None:
+                    self._build(unet_engine.source_key(int8_graph), export, "exporting the FP32 graph")
+                    self.calibration = CalibrationSet()
+                    log.warning("Sprint engine: INT8 calibration: this run samples in PyTorch and records the "
+                                "UNet inputs; the INT8 engine is built when it ends")
+                    common.send_event("engine", {"status": "calibrating"})
+                return None
+            artifact = self._build(self.key, export, "building")
+        self.runtime, self.runtime_key = unet_engine.load(artifact, self.device), self.key
+        common.send_event("engine", {"status": "ready", "artifact": artifact.name, "bytes": artifact.nbytes,
+                                     "backend": self.key["backend"], "precision": self.precision})
+        return self.runtime
+
+    def export(self, unet, folder):
+        export_unet(unet, folder, self.profile, self.arch["in_channels"], self.arch["context_dim"], self.arch["y_dim"],
+                    forward_kwargs={"transformer_options": {"optimized_attention_override": _plain_attention}})
+
+    def _build(self, key, export, what, calibration=None):
+        artifacts, steps, k = store(), 0, key
+        while k is not None and artifacts.lookup(k) is None:
+            steps, k = steps + 1, unet_engine.source_key(k)
+        log.info("Sprint engine: %s %s/%s (%d step(s))", what, key["backend"], key["precision"], steps)
+        common.send_event("engine", {"status": "building", "backend": key["backend"], "precision": key["precision"]})
+        bar = common.Progress(steps + len(calibration or ()))
+        shapes = tensorrt_runtime.shapes(self.profile, self.arch["in_channels"], self.arch["context_dim"],
+                                         self.arch["y_dim"]) if key["backend"] == "tensorrt" else None
+        return unet_engine.build(artifacts, key, export, shapes, calibration, bar.update)
+
+    def finish_run(self):
+        """After an INT8 calibration run: quantize on what it recorded."""
+        calibration, self.calibration = self.calibration, None
+        if calibration is None or not len(calibration):
+            return
+        export = functools.partial(_no_export, self.key)
+        self._build(self.key, export, "quantizing", calibration.select(unet_engine.CALIBRATION_CALLS))
+
+    def call_reason(self, x, context, y, control, transformer_options, kwargs):
+        """Why this call cannot run on the engine, or None."""
+        if self.run_reason or self.key is None:
+            return self.run_reason or "the UNet was called outside a sampler run"
+        if control is not None:
+            return "ControlNet/T2I-Adapter residuals (the engine has no inputs for them)"
+        patches = sorted(k for k, v in transformer_options.get("patches", {}).items() if v)
+        replaced = sorted(k for k, v in transformer_options.get("patches_replace", {}).items() if v)
+        if patches or replaced:
+            return f"model patches the engine cannot apply ({', '.join(patches + replaced)})"
+        extra = sorted(k for k, v in kwargs.items() if v is not None)
+        if extra:
+            return f"extra UNet inputs ({', '.join(extra)})"
+        if context is None or (y is None) != (self.arch["y_dim"] is None):
+            return "conditioning the engine was not built for"
+        return self.profile.violation(tuple(x.shape), context.shape[1])
+
+
+def _no_export(key, folder):
+    raise RuntimeError(f"the FP32 graph for {key['backend']}/{key['precision']} vanished during calibration")
+
+
+def _outer_sample(slot_id, executor, *args, **kwargs):
+    slot = SLOTS[slot_id]
+    slot.begin_run(executor.class_obj.model_patcher)
+    try:
+        result = executor(*args, **kwargs)
+    except BaseException:
+        slot.calibration = None          # an interrupted run calibrates nothing
+        raise
+    try:
+        slot.finish_run()
+    except mm.InterruptProcessingException:
+        raise
+    except Exception:
+        log.warning("Sprint engine: INT8 quantization failed; the model keeps running in PyTorch", exc_info=True)
+    return result
+
+
+def _diffusion_model(slot_id, executor, x, timesteps=None, context=None, y=None, control=None,
+                     transformer_options={}, **kwargs):
+    slot = SLOTS[slot_id]
+    reason = slot.call_reason(x, context, y, control, transformer_options, kwargs)
+    if reason is None:
+        try:
+            engine = slot.engine(executor.class_obj)
+            if engine is not None:
+                out = engine(x, timesteps, context, y).to(x.dtype)
+                slot.stats["engine_calls"] += 1
+                return out
+            slot.calibration.record(x, timesteps, context, y)
+        except mm.InterruptProcessingException:
+            raise
+        except Exception as e:          # a failed build or run costs speed for this run, never the image
+            log.warning("Sprint engine failed", exc_info=True)
+            reason = slot.run_reason = f"the engine failed ({type(e).__name__}: {e})"
+    if reason is not None:
+        slot.fallback(reason)
+    return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+
+
+class EngineFootprint(torch.nn.Module):
+    """What ComfyUI's memory manager sees of an engine: no torch weights, a device."""
+
+    def __init__(self, slot_id, device):
+        super().__init__()
+        self.slot_id, self.device = slot_id, device
+
+
+class EnginePatcher(comfy.model_patcher.ModelPatcher):
+    """An engine as a model ComfyUI loads and evicts: its size is the engine's real size
+    (before the first build, parameters x bytes per weight), eviction releases the session."""
+
+    def slot(self):
+        return SLOTS[self.model.slot_id]
+
+    def model_size(self):
+        return self.slot().nbytes()
+
+    def loaded_size(self):
+        return self.model_size() if self.slot().runtime is not None else 0
+
+    def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+        return 0                       # the engine loads itself on its first call
+
+    def partially_unload(self, device_to, memory_to_free=0):
+        freed = self.loaded_size()
+        self.slot().release()
+        return freed
+
+    def detach(self, unpatch_all=True):
+        self.slot().release()
+        return self.model
+
+
+def accelerate(model, backend, precision, profile):
+    """A clone of MODEL whose UNet runs on an engine; returns (model, slot)."""
+    slot_id = str(uuid.uuid4())
+    SLOTS[slot_id] = slot = Slot(backend, precision, profile)
+    model = model.clone()
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, functools.partial(_outer_sample, slot_id))
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, functools.partial(_diffusion_model, slot_id))
+    device = model.load_device
+    model.set_additional_models(KEY, [EnginePatcher(EngineFootprint(slot_id, device), device, device)])
+    return model, slot
+
+
+def profile_from(max_batch, min_size, max_size, max_tokens):
+    """A ShapeProfile from the nodes' pixel sizes (latent = pixels / 8)."""
+    if min_size > max_size:
+        raise ValueError(f"min_size {min_size} is larger than max_size {max_size}")
+    side = (min_size // 8, max_size // 8)
+    return ShapeProfile(batch=(1, max_batch), height=side, width=side, tokens=(77, max_tokens))
+
+
+BACKEND_TIP = ("auto: TensorRT on an NVIDIA GPU when installed, else ONNX Runtime (CPU, or CUDA with "
+               "onnxruntime-gpu). A missing package is named once and the model runs in PyTorch.")
+PRECISION_TIP = ("fp32: same results as PyTorch (relative error ~1e-6). fp16: half-size weights, for GPUs. "
+                 "int8: static quantization calibrated on the first sampling run (which runs in PyTorch and "
+                 "records the UNet inputs); ~2-3x faster than PyTorch on CPU, a few % per-call error.")
+
+
+def engine_inputs():
+    return [
+        io.Combo.Input("backend", options=["auto", "onnxruntime", "tensorrt"], default="auto", tooltip=BACKEND_TIP),
+        io.Combo.Input("precision", options=list(unet_engine.PRECISIONS), default="fp32", tooltip=PRECISION_TIP),
+        io.Int.Input("max_batch", default=4, min=1, max=64, tooltip="Largest UNet batch (images x 2 with CFG: cond and uncond run together)."),
+        io.Int.Input("min_size", default=256, min=64, max=8192, step=64, tooltip="Smallest image side in pixels the engine accepts."),
+        io.Int.Input("max_size", default=1024, min=64, max=8192, step=64, tooltip="Largest image side in pixels; larger images run in PyTorch."),
+        io.Int.Input("max_tokens", default=231, min=77, max=77 * 16, step=77, tooltip="Longest prompt in tokens (77 per chunk); longer prompts run in PyTorch."),
+    ]
+
+
+MODEL_TIP = "The model to accelerate (a LoRA or other weight patch applied before or after this node changes the engine key: a new engine is built)."
+
+
+class SprintAccelerateUNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SprintAccelerateUNet", display_name="Sprint Accelerate UNet", category="Sprint/engines",
+            description="Runs the UNet on ONNX Runtime (FP32/FP16/INT8) or TensorRT. Builds the engine on the first "
+                        "sampling run (progress bar) into models/sprint_engines and reuses it. Changing the weights "
+                        "(LoRA, merges) builds a new engine. ControlNet, attention/block patches and sizes outside "
+                        "the profile run in PyTorch with the reason logged once: never a failure.",
+            inputs=[io.Model.Input("model", tooltip=MODEL_TIP), *engine_inputs()],
+            outputs=[io.Model.Output(tooltip="The same model, its UNet calls running on the engine.")])
+
+    @classmethod
+    def execute(cls, model, backend, precision, max_batch, min_size, max_size, max_tokens):
+        return io.NodeOutput(accelerate(model, backend, precision, profile_from(max_batch, min_size, max_size, max_tokens))[0])
+
+
+class SprintBuildUNetEngine(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SprintBuildUNetEngine", display_name="Sprint Build UNet Engine", category="Sprint/engines",
+            description="Builds an engine ahead of time by running one calibration sampling pass (euler) with the "
+                        "given prompts and latent: for INT8 its UNet inputs are the calibration data. Outputs the "
+                        "accelerated model and the artifact's name for Sprint Load UNet Engine.",
+            inputs=[io.Model.Input("model", tooltip=MODEL_TIP),
+                    io.Conditioning.Input("positive", tooltip="Prompt used for the calibration run."),
+                    io.Conditioning.Input("negative", tooltip="Negative prompt used for the calibration run."),
+                    io.Latent.Input("latent_image", tooltip="Latent of the size you will generate (must fit the profile)."),
+                    io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, tooltip="Noise seed of the calibration run."),
+                    io.Int.Input("steps", default=10, min=1, max=100, tooltip="Steps of the calibration run (its UNet calls are the INT8 calibration set)."),
+                    io.Float.Input("cfg", default=7.0, min=0.0, max=30.0, step=0.1, tooltip="CFG scale of the calibration run."),
+                    *engine_inputs()],
+            outputs=[io.Model.Output(tooltip="The accelerated model (engine loaded)."),
+                     io.String.Output(tooltip="Artifact name in models/sprint_engines.")],
+            is_output_node=True)
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, backend, precision,
+                max_batch, min_size, max_size, max_tokens):
+        model, slot = accelerate(model, backend, precision, profile_from(max_batch, min_size, max_size, max_tokens))
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        noise = comfy.sample.prepare_noise(latent, seed)
+        for _ in range(2 if precision == "int8" else 1):      # INT8: calibration run, then a run on the engine
+            comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent,
+                                disable_pbar=True, seed=seed)
+        artifact = slot.key and store().lookup(slot.key)
+        if artifact is None or slot.stats["engine_calls"] == 0:
+            raise RuntimeError("Sprint engine was not built: " + ("; ".join(sorted(slot.reasons)) or slot.run_reason or "unknown reason"))
+        text = f"{artifact.name}: {artifact.nbytes / 2**20:.0f} MiB, {slot.key['backend']} {slot.precision} on {slot.key['device']}"
+        return io.NodeOutput(model, artifact.name, ui=ui.PreviewText(text))
+
+
+class SprintLoadUNetEngine(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SprintLoadUNetEngine", display_name="Sprint Load UNet Engine", category="Sprint/engines",
+            description="Uses a pre-built engine from models/sprint_engines with its own backend, precision and "
+                        "profile. Its sidecar key is checked against the model: an engine built for other weights "
+                        "or runtime, or a corrupt one, is rebuilt for this model (logged), never loaded blindly.",
+            inputs=[io.Model.Input("model", tooltip=MODEL_TIP),
+                    io.Combo.Input("engine", options=store().names(), tooltip="An engine folder in models/sprint_engines.")],
+            outputs=[io.Model.Output(tooltip="The model, its UNet calls running on the engine.")])
+
+    @classmethod
+    def execute(cls, model, engine):
+        path = store().root / engine
+        try:
+            key = read(path).key
+        except ArtifactError as e:
+            key = _sidecar_key(path, e)
+        profile = ShapeProfile.from_dict(key["profile"])
+        return io.NodeOutput(accelerate(model, key["backend"], key["precision"], profile)[0])
+
+
+def _sidecar_key(path, error):
+    """The settings of a corrupt artifact (to rebuild it), or the error for a foreign one."""
+    import json
+    try:
+        return json.loads((path / "sprint.json").read_text())["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{error}: choose another engine or build one with Sprint Accelerate UNet") from None
+
+
+NODES = [SprintAccelerateUNet, SprintBuildUNetEngine, SprintLoadUNetEngine]
