@@ -82,9 +82,8 @@ class GuidanceSchedule:
             high, mid, low = (0.0, 1.0, 0.0) if self.kind == "interval" else (self.high, self.mid, self.low)
             return high if sigma > self.sigma_high else mid if sigma > self.sigma_low else low
         r = self.position(sigma)
-        if self.kind == "linear":
-            return self.high + (self.low - self.high) * r
-        return self.low + (self.high - self.low) * 0.5 * (1.0 + math.cos(math.pi * r))
+        c = 1.0 - r if self.kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * r))   # weight of `high`
+        return self.high * c + self.low * (1.0 - c)
 
     def scale(self, cfg, sigma):
         """The guidance scale at sigma: cfg itself where m = 1 (bit-identical to plain CFG), exactly
@@ -97,14 +96,16 @@ class GuidanceSchedule:
 
 
 def guided_denoiser(denoise, schedule, cfg, cond, uncond, flow=False):
-    """D_u + w(sigma) (D_c - D_u) for a denoiser taking a `label` (the exact GMM): the probability-
-    flow ODE a scheduled guidance integrates. Where w = 1 only D_c is evaluated and returned."""
+    """D_u + w(sigma) (D_c - D_u) for a denoiser taking a per-sample `label` (the exact GMM): the
+    probability-flow ODE a scheduled guidance integrates. Where w = 1 only D_c is evaluated and
+    returned; elsewhere cond and uncond are evaluated as one batch, as ComfyUI does."""
     def guided(x, sigma, **kwargs):
-        w = schedule.scale(cfg, float(noise_to_signal(torch.as_tensor(sigma).reshape(-1)[0], flow)))
-        d_cond = denoise(x, sigma, label=cond, **kwargs)
+        sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1).expand(x.shape[0])
+        w = schedule.scale(cfg, float(noise_to_signal(sigma[0], flow)))
         if w == 1.0:
-            return d_cond
-        d_uncond = denoise(x, sigma, label=uncond, **kwargs)
+            return denoise(x, sigma, label=cond, **kwargs)
+        labels = torch.tensor([cond, uncond]).repeat_interleave(x.shape[0])
+        d_cond, d_uncond = denoise(torch.cat([x, x]), sigma.repeat(2), label=labels, **kwargs).chunk(2)
         return d_uncond + (d_cond - d_uncond) * w
     return guided
 

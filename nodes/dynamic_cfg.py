@@ -8,11 +8,13 @@ Three keyed hooks, so the patch composes with itself, other Sprint patches and c
   path leaves the uncond out of the batch (samplers.py sampling_function).
 - CALC_COND_BATCH wrapper: where the uncond was left out, returns the cond result in both slots, so
   every mix downstream reproduces the conditional prediction (not cond*scale, not cond + APG(cond)).
+  It also keeps core EasyCache from reusing a cache the returning uncond never filled.
 - post-CFG function (only when rescale or thresholding is on): CFG rescale and dynamic
   thresholding of the guided x0, skipped where the scale is 1.
 """
 import functools
 import logging
+import math
 
 import comfy.model_sampling
 import comfy.patcher_extension
@@ -63,7 +65,18 @@ def predict_noise_wrapper(settings, executor, x, timestep, model_options, seed=N
         guider.cfg = cfg
 
 
+def easycache_computes_returning_conds(conds, model_options):
+    """Core EasyCache caches one output per conditioning and, on a step it skips, applies them all: a
+    negative prompt that returns after steps without it has no cache there (KeyError). Such a step
+    is made to compute: its accumulated change is set past any threshold (EasyCache resets it)."""
+    holder = model_options.get("transformer_options", {}).get("easycache")
+    cached = getattr(holder, "uuid_cache_diffs", None)
+    if cached and any(c.get("uuid") not in cached for cond in conds if cond is not None for c in cond):
+        holder.cumulative_change_rate = math.inf
+
+
 def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_options):
+    easycache_computes_returning_conds(conds, model_options)
     out = executor(model, conds, x_in, timestep, model_options)
     if len(conds) == 2 and conds[0] is not None and conds[1] is None:   # sampling_function's cfg1 path
         out = [out[0], out[0]]
