@@ -10,6 +10,7 @@
 ComfyUI is imported inside the functions: the CLI builds its parser before booting the host.
 """
 import contextlib
+import math
 import statistics
 import time
 
@@ -96,43 +97,50 @@ def spread(mixture, x):
     return (dist / trace).mean().item()
 
 
-def bench_gmm(synthetic, args):
+def guided_reference(memo, mixture, schedule, cfg, label, x_T, sigma_from):
+    """The exact solution at sigma 0 of the schedule's guided ODE, piece by piece between the
+    schedule's window ends; a piece on which two schedules (from the same start) have the same scale
+    is solved once."""
+    x, key = x_T, ()
+    for sigma_to in (schedule.sigma_high, schedule.sigma_low, 0.0):
+        probe = torch.logspace(math.log10(max(sigma_to, 1e-5)), math.log10(sigma_from), 67)[1:-1].tolist()
+        key += ((sigma_to, tuple(schedule.scale(cfg, v) for v in probe)),)
+        if key not in memo:
+            denoise = guidance.guided_denoiser(mixture.denoise, schedule, cfg, label, -1)
+            memo[key] = evaluation.piecewise_reference(denoise, x, sigma_from, sigma_to)
+        x, sigma_from = memo[key], sigma_to
+    return x
+
+
+def bench_gmm(synthetic, args, offset):
     import comfy.samplers
     from . import dynamic_cfg
     mixture = GaussianMixture.image_like(shape=args.shape, components=args.components, classes=args.classes,
-                                         seed=args.mixture_seed)
+                                         offset=offset, seed=args.mixture_seed)
     label = args.label
     noise = torch.randn((args.batch,) + args.shape, generator=torch.Generator().manual_seed(args.noise_seed))
     base = synthetic.gmm_model(mixture, "eps")
     model_sampling = base.get_model_object("model_sampling")
     sigmas = comfy.samplers.calculate_sigmas(model_sampling, args.scheduler, args.steps)
     positive, negative = synthetic.gmm_conditioning(label), synthetic.gmm_conditioning(-1)
-    print(f"\n## Exact GMM {args.shape}, {args.components} components in {args.classes} classes (mixture seed "
-          f"{args.mixture_seed}), cond = class {label}, uncond = all; {args.batch} samples (noise seed "
-          f"{args.noise_seed}); {args.steps} {args.scheduler} steps")
-    print("err: RMSE vs the exact ODE of the schedule's own guided denoiser D_u + w(sigma)(D_c - D_u) "
-          "(mean/max); vs plain: RMSE vs the plain-CFG ODE; fid: class fidelity; spread: within-class "
-          "|x-mu|^2/tr(Sigma) (1 = data); exact: of the schedule's exact ODE solution")
+    print(f"\n## Exact GMM {args.shape}, {args.components} components in {args.classes} classes, offset {offset} "
+          f"(mixture seed {args.mixture_seed}), cond = class {label}, uncond = all; {args.batch} samples "
+          f"(noise seed {args.noise_seed}); {args.steps} {args.scheduler} steps")
     for cfg in args.cfg:
-        references = {}
+        memo, plain_schedule, start = {}, guidance.GuidanceSchedule("constant"), time.perf_counter()
         print(f"\n### cfg {cfg}")
         print(f"{'schedule':<20} {'evals':>6} {'saved':>6} {'exact fid':>9} {'spread':>6} | "
               + " | ".join(f"{s + ' err mean/max':>24} {'vs plain':>8} {'fid':>5} {'spread':>6}" for s in args.samplers))
         for name, settings in schedules().items():
-            schedule = guidance.GuidanceSchedule("constant") if settings is None else \
-                dynamic_cfg.resolve_schedule(settings, model_sampling)
+            schedule = plain_schedule if settings is None else dynamic_cfg.resolve_schedule(settings, model_sampling)
             model, calls = counted(patched(base, settings))
             results = []
             for sampler in args.samplers:
                 calls.clear()
                 x_T, x = sample_gmm(model, sampler, sigmas, noise, positive, negative, cfg)
                 results.append((x, sum(rows for _, rows in calls) / args.batch))
-            for key in (schedule, guidance.GuidanceSchedule("constant")):
-                if key not in references:
-                    denoise = guidance.guided_denoiser(mixture.denoise, key, cfg, label, -1)
-                    references[key] = evaluation.piecewise_reference(
-                        denoise, x_T, float(sigmas[0]), breaks=(key.sigma_high, key.sigma_low))
-            exact, plain = references[schedule], references[guidance.GuidanceSchedule("constant")]
+            exact, plain = (guided_reference(memo, mixture, s, cfg, label, x_T, float(sigmas[0]))
+                            for s in (schedule, plain_schedule))
             evals = results[0][1]
             cells = []
             for x, _ in results:
@@ -141,6 +149,7 @@ def bench_gmm(synthetic, args):
                              f"{class_fidelity(mixture, x, label):>5.2f} {spread(mixture, x):>6.3f}")
             print(f"{name:<20} {evals:>6.1f} {1 - evals / (2 * args.steps):>6.1%} "
                   f"{class_fidelity(mixture, exact, label):>9.2f} {spread(mixture, exact):>6.3f} | " + " | ".join(cells))
+        print(f"({time.perf_counter() - start:.0f} s, exact references included)")
 
 
 def bench_unet(synthetic, args):
@@ -192,6 +201,8 @@ def configure_bench_cfg(parser):
     parser.add_argument("--samplers", type=lambda s: s.split(","), default=["euler", "dpmpp_2m"],
                         help="ComfyUI samplers, comma-separated (default euler,dpmpp_2m; the last one runs the UNet part)")
     parser.add_argument("--batch", type=int, default=16, help="GMM samples per schedule (default 16)")
+    parser.add_argument("--offsets", type=floats, default=[0.6, 0.1],
+                        help="GMM component offsets, one tier each (default 0.6,0.1: early and late class commitment)")
     parser.add_argument("--components", type=int, default=8, help="GMM components (default 8)")
     parser.add_argument("--classes", type=int, default=4, help="GMM classes (default 4)")
     parser.add_argument("--label", type=int, default=1, help="the conditional class (default 1)")
@@ -214,5 +225,9 @@ def bench_cfg_command(args):
     print(f"bench-cfg on ComfyUI {host.comfy_path}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     bench_unet(synthetic, args)
     if not args.skip_gmm:
-        bench_gmm(synthetic, args)
+        print("\nerr: RMSE vs the exact ODE of the schedule's own guided denoiser D_u + w(sigma)(D_c - D_u) (mean/max); "
+              "vs plain: RMSE vs the plain-CFG ODE; fid: class fidelity; spread: within-class |x-mu|^2/tr(Sigma) "
+              "(1 = the data's); exact: of the schedule's exact ODE solution")
+    for offset in [] if args.skip_gmm else args.offsets:
+        bench_gmm(synthetic, args, offset)
     return 0

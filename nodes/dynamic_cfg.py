@@ -59,6 +59,10 @@ def predict_noise_wrapper(settings, executor, x, timestep, model_options, seed=N
     # ComfyUI treats a step's sigma as one value for the batch (calc_cond_batch reads timestep[0]).
     sigma = guidance.noise_to_signal(float(timestep.reshape(-1)[0]), is_flow(model_sampling))
     guider.cfg = resolve_schedule(settings, model_sampling).scale(cfg, sigma)
+    stats = model_options.get("transformer_options", {}).get(STATS)
+    if stats is not None and guider.cfg == 1.0 and not math.isclose(cfg, 1.0) \
+            and not model_options.get("disable_cfg1_optimization", False):
+        stats.skipped += 1
     try:
         return executor(x, timestep, model_options, seed, **kwargs)
     finally:
@@ -80,9 +84,6 @@ def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_option
     out = executor(model, conds, x_in, timestep, model_options)
     if len(conds) == 2 and conds[0] is not None and conds[1] is None:   # sampling_function's cfg1 path
         out = [out[0], out[0]]
-        stats = model_options.get("transformer_options", {}).get(STATS)
-        if stats is not None:
-            stats.skipped += 1
     return out
 
 
@@ -92,7 +93,7 @@ class _Stats:
 
 
 def outer_sample_wrapper(executor, *args, **kwargs):
-    """Counts the unconditional passes left out in this run; logs them and tells the frontend."""
+    """Counts the unconditional passes the schedule left out in this run; logs them, tells the frontend."""
     options = executor.class_obj.model_options.setdefault("transformer_options", {})   # the guider's per-run copy
     stats = options[STATS] = _Stats()
     try:
