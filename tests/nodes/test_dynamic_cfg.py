@@ -346,3 +346,19 @@ def test_core_rescale_cfg_composes_and_equals_sprints_rescale(host, synthetic, d
                                                 sum(2 if 0.28 < v <= 5.42 else 1 for v in sigmas[:-1].tolist()))
     _, plain, _ = gmm_run(synthetic, bench, mixture, dc.patch(base, **settings(bench, schedule="constant")), sigmas)
     assert evaluation.rmse(ours, plain).min() > 1e-3      # constant with rescale vs without: the rescale acts
+
+
+def test_bench_cfg_command_prints_every_schedule(host, tmp_path):
+    """`python <Sprint> bench-cfg` at toy sizes: both parts run and the table rows are there."""
+    import os
+    import subprocess
+    import sys
+    run_ = subprocess.run([sys.executable, os.path.dirname(host.pack.__file__), "--comfyui", str(host.comfy_path), "bench-cfg",
+                           "--steps", "6", "--cfg", "5", "--batch", "2", "--shape", "4,8,8", "--offsets", "0.6",
+                           "--repeat", "1"], capture_output=True, text=True, timeout=900)
+    assert run_.returncode == 0, run_.stderr[-3000:]
+    lines = run_.stdout.splitlines()
+    unet = [line.split() for line in lines if line.startswith(("plain CFG ", "constant ", "interval (default) "))]
+    assert len(unet) == 3 * 2 + 3 * 1      # two denoise values in the UNet part, one cfg in the GMM part
+    assert all(row[-1] == "0" for row in unet[:6] if row[0] in ("plain", "constant"))  # max|x - plain| = 0
+    assert any(line.startswith("wall time") for line in lines) and "## Exact GMM" in run_.stdout
