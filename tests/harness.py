@@ -58,6 +58,20 @@ def source(graph, type_name, obj):
     return graph.node(f"HarnessSource{type_name}", key=put(obj)).out(0)
 
 
+class ModelCalls:
+    """An APPLY_MODEL wrapper recording the input shape of every model call."""
+
+    def __init__(self, model, key="test.calls"):
+        import comfy.patcher_extension
+        self.shapes = []
+        self.model = model.clone()
+        self.model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, key, self)
+
+    def __call__(self, executor, x, *args, **kwargs):
+        self.shapes.append(tuple(x.shape))
+        return executor(x, *args, **kwargs)
+
+
 def free_port():
     with contextlib.closing(socket.socket()) as s:
         s.bind(("127.0.0.1", 0))

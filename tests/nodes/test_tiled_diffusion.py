@@ -101,20 +101,6 @@ def tiled(host, model, tile=192, overlap=40, margin=16, method="Mixture of Diffu
                 overlap=overlap, margin=margin, tile_batch_size=batch)
 
 
-class Calls:
-    """An APPLY_MODEL wrapper recording the input shape of every model call."""
-
-    def __init__(self, model, key="test.calls"):
-        import comfy.patcher_extension
-        self.shapes = []
-        self.model = model.clone()
-        self.model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, key, self)
-
-    def __call__(self, executor, x, *args, **kwargs):
-        self.shapes.append(tuple(x.shape))
-        return executor(x, *args, **kwargs)
-
-
 def sample(model, positive, negative, cfg=5.0, steps=4, sampler="euler", seed=0, batch=2):
     import comfy.sample
     import comfy.samplers
@@ -135,7 +121,7 @@ def close(a, b):
 def test_tiles_reproduce_a_local_model_with_area_mask_concat_and_controlnet(host, local_model, conditioning, method, batch):
     positive, negative = conditioning
     want = sample(local_model, positive, negative)
-    calls = Calls(tiled(host, local_model, method=method, batch=batch))
+    calls = harness.ModelCalls(tiled(host, local_model, method=method, batch=batch))
     got = sample(calls.model, positive, negative)
     close(got, want)
     # it really ran in tiles of 24 x 24 latent pixels (192 px), one per call because an area cond
@@ -147,7 +133,7 @@ def test_tiles_reproduce_a_local_model_with_area_mask_concat_and_controlnet(host
 def test_tile_batches_stack_tiles_without_area_conds(host, local_model):
     positive, negative = [prompt(1)], [prompt(5)]
     want = sample(local_model, positive, negative, steps=2)
-    calls = Calls(tiled(host, local_model, batch=4))
+    calls = harness.ModelCalls(tiled(host, local_model, batch=4))
     close(sample(calls.model, positive, negative, steps=2), want)
     plan_tiles = 6                             # 40 x 56 latent in 24 x 24 tiles: 2 x 3
     rows = 2 * 2                               # latent batch 2, cond + uncond batched together
@@ -184,7 +170,7 @@ def test_one_tile_is_identical_to_untiled_on_the_tiny_unet(host, tiny_model, tin
 
 def test_tiny_unet_samples_in_tiles_through_the_executor(host, tiny_model, tiny_clip):
     from comfy_execution.graph_utils import GraphBuilder
-    calls = Calls(tiny_model)
+    calls = harness.ModelCalls(tiny_model)
     g = GraphBuilder()
     clip = harness.source(g, "CLIP", tiny_clip)
     patched = g.node("SprintTiledDiffusion", model=harness.source(g, "MODEL", calls.model), method="MultiDiffusion",
