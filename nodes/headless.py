@@ -255,7 +255,7 @@ def boot_for(args):
 
 # Sub-commands of `python <Sprint folder> ...`: name -> module of this pack with a
 # configure(parser) that adds its arguments and sets func(args) -> exit code.
-COMMANDS = {"run": "nodes.headless"}
+COMMANDS = {"run": "nodes.headless", "bench-tiling": "nodes.bench_tiling"}
 
 
 def main(argv=None):

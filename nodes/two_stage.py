@@ -73,10 +73,12 @@ class SprintTwoStageUpscale(io.ComfyNode):
                              tooltip="Steps of the full schedule; the refinement runs its last steps x denoise."),
                 io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="karras",
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple",
                                tooltip="Noise schedule the tail is taken from."),
-                io.Float.Input("denoise", default=0.3, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the schedule re-run at the high resolution (0: upscale only)."),
+                io.Float.Input("denoise", default=0.2, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the schedule re-run at the high resolution: its last "
+                                       "round(steps x denoise) steps (0: upscale only). 0.2 of the simple schedule "
+                                       "restarts SD1.5 at sigma 0.6."),
                 io.Float.Input("scale_by", default=2.0, min=1.0, max=8.0, step=0.05,
                                tooltip="Upscale factor of each side."),
                 io.Combo.Input("upscale_method", options=list(UPSCALE_METHODS), default="latent bislerp",

@@ -224,9 +224,8 @@ def test_bad_settings_are_refused_clearly(host, local_model):
 
 def test_controlnet_hints_are_cropped_per_tile(host, conditioning):
     import comfy.utils
-    host.module("nodes.tiled_diffusion")
-    from sprint.engines import tiling
     td = host.module("nodes.tiled_diffusion")
+    tiling = td.tiling
     positive, _ = conditioning
     control = positive[0][1]["control"]
     stacked = control.copy().set_cond_hint(control.cond_hint_original, 0.5)
