@@ -97,12 +97,15 @@ def plan_tiles(height, width, tile_height, tile_width, overlap, align=1):
     return TilePlan(height, width, th, tw, tiles)
 
 
+def _gaussian(offset, length):
+    return torch.exp(-torch.as_tensor(offset, dtype=torch.float64) ** 2 / (2 * GAUSSIAN_VARIANCE * length ** 2))
+
+
 def _profile(length, start, size, blend, margin):
     """One tile's 1-D weight before normalisation, with `margin` zeros on edges inside the image."""
     i = torch.arange(length, dtype=torch.float64)
     if blend == "gaussian":   # shifted to reach 0 on the tile's boundary: no step where it ends
-        gauss = lambda d: torch.exp(-torch.as_tensor(d, dtype=torch.float64) ** 2 / (2 * GAUSSIAN_VARIANCE * length ** 2))
-        p = gauss(i - (length - 1) / 2) - gauss(length / 2)
+        p = _gaussian(i - (length - 1) / 2, length) - _gaussian(length / 2, length)
     elif blend == "uniform":
         p = torch.ones(length, dtype=torch.float64)
     else:

@@ -82,12 +82,16 @@ def apply_tiling(model, config):
     return model
 
 
-def outer_sample_wrapper(config, executor, *args, **kwargs):
-    options = executor.class_obj.model_options["transformer_options"]   # the guider's per-run copy
+def outer_sample_wrapper(config, executor, noise, *args, **kwargs):
+    guider = executor.class_obj
+    if noise.ndim == 4 and len(config.plan(*noise.shape[-2:]).tiles) > 1 and \
+            any("gligen" in c for group in guider.conds.values() for c in group):
+        log.warning("Sprint tiled diffusion: GLIGEN boxes are not re-targeted at tiles")
+    options = guider.model_options["transformer_options"]   # the guider's copy for this run
     run = options[RUN_KEY] = uuid.uuid4().hex
     RUNS[run] = TileControls()
     try:
-        return executor(*args, **kwargs)
+        return executor(noise, *args, **kwargs)
     finally:
         RUNS.pop(run, None)
         options.pop(RUN_KEY, None)
@@ -106,14 +110,13 @@ def calc_cond_batch_wrapper(config, executor, model, conds, x_in, timestep, mode
     conds = [None if group is None else [c for c in (explicit_mult(c, x_in, timestep) for c in group) if c is not None]
              for group in conds]
     has_area = any("area" in c for group in conds if group for c in group)
-    if any("gligen" in c for group in conds if group for c in group):
-        log.warning("Sprint tiled diffusion: GLIGEN boxes are not re-targeted at tiles")
     controls = RUNS.get(model_options.get("transformer_options", {}).get(RUN_KEY)) or TileControls()
     rows = x_in.shape[0]
 
     def denoise(x_tiles, tiles):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        tile_conds = [None if group is None else [c for c in (for_tiles(c, tiles, rows, x_in.shape[-2:], controls) for c in group) if c is not None]
+        tile_conds = [None if group is None else
+                      [c for c in (for_tiles(c, tiles, rows, x_in.shape[-2:], controls) for c in group) if c is not None]
                       for group in conds]
         return executor(model, tile_conds, x_tiles, timestep.repeat(len(tiles)), model_options)
 
