@@ -259,7 +259,7 @@ def boot_for(args):
 # Sub-commands of `python <Sprint folder> ...`: name -> module of this pack with a
 # configure(parser) that adds its arguments and sets func(args) -> exit code.
 COMMANDS = {"run": "nodes.headless", "text-cache-bench": "nodes.speed_bench", "light-vae-bench": "nodes.speed_bench",
-            "bench-unet": "nodes.bench_unet", "bench-cfg": "nodes.bench_cfg"}
+            "bench-unet": "nodes.bench_unet", "bench-cfg": "nodes.bench_cfg", "bench-tiling": "nodes.bench_tiling"}
 
 
 def main(argv=None):

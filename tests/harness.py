@@ -82,6 +82,19 @@ def captured_events():
         else:
             server.PromptServer.instance = previous
 
+class ModelCalls:
+    """An APPLY_MODEL wrapper recording the input shape of every model call."""
+
+    def __init__(self, model, key="test.calls"):
+        import comfy.patcher_extension
+        self.shapes = []
+        self.model = model.clone()
+        self.model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, key, self)
+
+    def __call__(self, executor, x, *args, **kwargs):
+        self.shapes.append(tuple(x.shape))
+        return executor(x, *args, **kwargs)
+
 
 def free_port():
     with contextlib.closing(socket.socket()) as s:
