@@ -144,8 +144,8 @@ def rmse(a, b):
 
 
 def bench_command(args):
-    import comfy.model_management
     host = boot_for(args)
+    import comfy.model_management
     ckpt_name = provide_checkpoint(host, args.ckpt)
     provide_light_decoder(host, args.light_decoder)
     names = [n for n in args.pipelines.split(",") if n]
@@ -163,7 +163,7 @@ def bench_command(args):
     loader = next(k for k, v in prompts[names[0]].items() if v["class_type"] == "CheckpointLoaderSimple")
     # the loader's MODEL stays in the executor's cache (same inputs) for every later prompt
     counter = UNetCalls(warm.output(loader, 0).model.diffusion_model)
-    stats = {n: {"time": [], "calls": [], "rows": [], "peak": [], "events": []} for n in names}
+    stats = {n: {"time": [], "calls": [], "rows": [], "peak": []} for n in names}
     latents = {}
     for round_ in range(args.repeat + 1):                       # round 0: warm-up, and the latents scored
         for name in names:
@@ -180,7 +180,6 @@ def bench_command(args):
                 continue
             for key, value in (("time", seconds), ("calls", calls), ("rows", rows), ("peak", memory.peak)):
                 stats[name][key].append(value)
-            stats[name]["events"] = [e for e in result.events if e[0].startswith("sprint.")]
         if round_ > 0:
             print(f"round {round_}: " + ", ".join(f"{n} {stats[n]['time'][-1]:.1f} s" for n in names), flush=True)
 
@@ -202,8 +201,4 @@ def bench_command(args):
               f"{statistics.median(s['rows']):>6.0f} {max(s['peak']) / 2**20:>9.0f} {errors[name][0]:>12.4g} "
               f"{errors[name][1]:>9.2%}")
     print(f"speed-up relative to {names[0]}; peak memory: {PeakMemory(cuda).method}, max over rounds")
-    for name in names:
-        for event, data in stats[name]["events"]:
-            shown = {k: v for k, v in data.items() if k not in ("node", "prompt_id")}
-            print(f"  {name}: {event} {json.dumps(shown, default=str)}")
     return 0
