@@ -2,11 +2,11 @@
 workflows on one model, seed and prompt.
 
 Stock is ComfyUI's default graph (KSampler euler/normal, 20 steps, cfg 8, full VAE decode); fast
-and quality are workflows/api/sprint_*.json as shipped, given the same checkpoint, size, seed,
-prompt and step budget. Per pipeline: end-to-end wall time (rounds A B C A B C ..., medians; every
-round a new seed), UNet calls and batch rows, peak memory, and the error of its final latent against
-a fine-step reference of the same pipeline (same model, guidance schedule, seed and noise; only the
-sampling made fine: dpmpp_2m with --ref-steps steps).
+and quality are workflows/api/sprint_*.json as shipped (their own steps and presets), given the same
+checkpoint, size, seed and prompt. Per pipeline: end-to-end wall time (rounds A B C A B C ...,
+medians; every round a new seed), UNet calls and batch rows, peak memory, and the error of its final
+latent against a fine-step reference of the same pipeline (same model, guidance schedule, seed and
+noise; only the sampling made fine: dpmpp_2m with --ref-steps steps).
 
 What is cached between runs is what ComfyUI itself keeps: the loaded checkpoint (the same loader
 inputs in every pipeline) stays; the executor drops the outputs the next prompt does not share, so
@@ -34,17 +34,18 @@ def configure_bench(parser):
     parser.add_argument("--light-decoder", help="taesd decoder file for the fast workflow's light VAE "
                                                 "(default: random weights, same architecture)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (quality upscales it 2x)")
-    parser.add_argument("--steps", type=int, default=20, help="step budget of every pipeline")
+    parser.add_argument("--steps", type=int, help="override every pipeline's steps (default: stock 20, the workflows "
+                                                  "as shipped)")
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds (after one untimed warm-up round)")
     parser.add_argument("--ref-steps", type=int, default=60, help="steps of the fine dpmpp_2m reference runs")
     parser.add_argument("--pipelines", default=",".join(PIPELINES), help="which of stock,fast,quality to run")
     parser.set_defaults(func=bench_command)
 
 
-def load_pipeline(name, ckpt_name, size, steps):
-    """The API prompt of a pipeline with the bench's checkpoint, size, prompt and step budget."""
+def load_pipeline(name, ckpt_name, size, steps=None):
+    """The API prompt of a pipeline with the bench's checkpoint, size and prompt (and steps, if given)."""
     if name == "stock":
-        return stock_txt2img(ckpt_name, size, size, steps, positive=POSITIVE, negative=NEGATIVE)
+        return stock_txt2img(ckpt_name, size, size, steps or 20, positive=POSITIVE, negative=NEGATIVE)
     prompt = json.loads((WORKFLOWS / f"sprint_{name}.json").read_text())
     texts = iter((POSITIVE, NEGATIVE))
     for node in prompt.values():
@@ -55,7 +56,7 @@ def load_pipeline(name, ckpt_name, size, steps):
             inputs["width"] = inputs["height"] = size
         elif node["class_type"] in ("CLIPTextEncode", "SprintCachedTextEncode"):
             inputs["text"] = next(texts)
-        if "steps" in inputs:
+        if "steps" in inputs and steps:
             inputs["steps"] = steps
     return prompt
 
@@ -156,7 +157,8 @@ def bench_command(args):
     cuda = getattr(device, "type", "cpu") == "cuda"
     print(f"ComfyUI {host.comfy_path} | device {device} | checkpoint {ckpt_name}"
           + ("" if args.ckpt else " (SD1.5 architecture, random weights: times and calls are real, images are noise)"))
-    print(f"{args.size}x{args.size} px, {args.steps}-step budget, prompt {POSITIVE!r}; quality upscales to 2x; "
+    budgets = {n: [v["inputs"]["steps"] for v in p.values() if "steps" in v["inputs"]] for n, p in prompts.items()}
+    print(f"{args.size}x{args.size} px, prompt {POSITIVE!r}, steps {budgets}; quality upscales to 2x; "
           f"{args.repeat} timed round(s) after a warm-up, medians")
 
     warm = host.run(with_seed(prompts[names[0]], 10**6))         # loads the checkpoint, untimed

@@ -37,7 +37,7 @@ def test_twins_are_the_shipped_workflows_pairs():
 @pytest.mark.parametrize("name", ["fast", "quality"])
 def test_workflow_runs_headless(host, sd15_checkpoint, light_decoder, name):
     bench = host.module("nodes.bench")
-    prompt = bench.with_seed(bench.load_pipeline(name, sd15_checkpoint, 64, 6), 3)
+    prompt = bench.with_seed(bench.load_pipeline(name, sd15_checkpoint, 64, steps=6), 3)
     with harness.captured_events() as events:
         result = host.run(prompt)
     save = next(k for k, v in prompt.items() if v["class_type"] == "SaveImage")
