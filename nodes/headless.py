@@ -184,30 +184,46 @@ def stock_txt2img(ckpt_name, width=512, height=512, steps=20, cfg=8.0, seed=0,
 
 
 DEFAULT_CHECKPOINT = "sprint_random_sd15.safetensors"
+DEFAULT_LIGHT_DECODER = "taesd_decoder.safetensors"
 
 
-def provide_checkpoint(host, ckpt=None, cache_dir=None):
-    """Make a checkpoint loadable by CheckpointLoaderSimple; returns its ckpt_name.
+def provide_model_file(host, folder, given, default_name, write):
+    """Make a model file visible in the host's models/<folder>; returns its name there.
 
-    A given file is linked into the host's models/checkpoints. Without one, a full SD1.5-
-    architecture checkpoint with random weights (full KL VAE) is written once to the cache."""
+    A given file is linked in. Without one, `write(path)` makes a random-weight stand-in, once,
+    in the cache ($SPRINT_CACHE, default ~/.cache/sprint)."""
     import folder_paths
-    target_dir = pathlib.Path(folder_paths.get_folder_paths("checkpoints")[0])
+    target_dir = pathlib.Path(folder_paths.get_folder_paths(folder)[0])
     target_dir.mkdir(parents=True, exist_ok=True)
-    if ckpt is None:
-        cache_dir = pathlib.Path(cache_dir or os.environ.get("SPRINT_CACHE", pathlib.Path.home() / ".cache" / "sprint"))
-        ckpt = cache_dir / DEFAULT_CHECKPOINT
-        if not ckpt.exists():
-            logging.info("writing a random-weight SD1.5 checkpoint to %s (once)", ckpt)
+    if given is None:
+        cache_dir = pathlib.Path(os.environ.get("SPRINT_CACHE", pathlib.Path.home() / ".cache" / "sprint"))
+        given = cache_dir / default_name
+        if not given.exists():
+            logging.info("writing a random-weight %s to %s (once)", folder, given)
             cache_dir.mkdir(parents=True, exist_ok=True)
-            partial = ckpt.with_suffix(".partial")
-            host.module("nodes.synthetic").write_sd15_checkpoint(partial, unet="full", vae="kl", seed=0)
-            os.replace(partial, ckpt)
-    ckpt = pathlib.Path(ckpt).resolve()
-    link = target_dir / ckpt.name
+            partial = given.with_name(given.name + ".partial")
+            write(partial)
+            os.replace(partial, given)
+    given = pathlib.Path(given).resolve()
+    # the light VAE finds its files by name: keep ours, with the given file's format
+    link = target_dir / (pathlib.Path(default_name).stem + given.suffix if folder == "vae_approx" else given.name)
     if not link.exists():
-        link.symlink_to(ckpt)
-    return ckpt.name
+        link.symlink_to(given)
+    return link.name
+
+
+def provide_checkpoint(host, ckpt=None):
+    """A checkpoint loadable by CheckpointLoaderSimple: `ckpt`, else a full SD1.5-architecture one
+    with random weights (full KL VAE)."""
+    synthetic = host.module("nodes.synthetic")
+    return provide_model_file(host, "checkpoints", ckpt, DEFAULT_CHECKPOINT,
+                              lambda path: synthetic.write_sd15_checkpoint(path, unet="full", vae="kl", seed=0))
+
+
+def provide_light_decoder(host, decoder=None):
+    """The SD1.x light VAE decoder in models/vae_approx: `decoder`, else a random-weight taesd one."""
+    synthetic = host.module("nodes.synthetic")
+    return provide_model_file(host, "vae_approx", decoder, DEFAULT_LIGHT_DECODER, synthetic.write_taesd_decoder)
 
 
 def configure_run(parser):
@@ -259,7 +275,8 @@ def boot_for(args):
 # Sub-commands of `python <Sprint folder> ...`: name -> module of this pack with a
 # configure(parser) that adds its arguments and sets func(args) -> exit code.
 COMMANDS = {"run": "nodes.headless", "text-cache-bench": "nodes.speed_bench", "light-vae-bench": "nodes.speed_bench",
-            "bench-unet": "nodes.bench_unet", "bench-cfg": "nodes.bench_cfg", "bench-tiling": "nodes.bench_tiling"}
+            "bench-unet": "nodes.bench_unet", "bench-cfg": "nodes.bench_cfg", "bench-tiling": "nodes.bench_tiling",
+            "bench": "nodes.bench"}
 
 
 def main(argv=None):

@@ -97,6 +97,14 @@ SMALL_KL_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_c
 FULL_KL_DDCONFIG = dict(SMALL_KL_DDCONFIG, ch=128, ch_mult=[1, 2, 4, 4], num_res_blocks=2)
 
 
+def write_taesd_decoder(path, seed=4):
+    """A taesd decoder file (official key layout, random weights), as models/vae_approx holds it."""
+    sd = taesd_state_dict(seed=seed)
+    comfy.utils.save_torch_file({k[len("taesd_decoder."):]: v for k, v in sd.items() if k.startswith("taesd_decoder.")},
+                                str(path))
+    return sd
+
+
 def kl_state_dict(ddconfig=FULL_KL_DDCONFIG, seed=0):
     model = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
     return init_weights_(model, seed).state_dict()

@@ -16,15 +16,12 @@ pytestmark = pytest.mark.host
 def vae_approx(host, synthetic, taesd_data):
     """models/vae_approx with the real taef2 decoder + encoder and a random-weight taesd decoder
     (ComfyUI's own TAESD module's keys, i.e. the official layout)."""
-    import comfy.utils
     import folder_paths
     folder = pathlib.Path(folder_paths.get_folder_paths("vae_approx")[0])
     folder.mkdir(parents=True, exist_ok=True)
     for part in ("decoder", "encoder"):
         shutil.copy(taesd_data / f"taef2_{part}.pth", folder / f"taef2_{part}.pth")
-    sd = synthetic.taesd_state_dict(seed=4)
-    comfy.utils.save_torch_file({k[len("taesd_decoder."):]: v for k, v in sd.items() if k.startswith("taesd_decoder.")},
-                                str(folder / "taesd_decoder.safetensors"))
+    sd = synthetic.write_taesd_decoder(folder / "taesd_decoder.safetensors", seed=4)
     yield folder, sd
     for name in ("taef2_decoder.pth", "taef2_encoder.pth", "taesd_decoder.safetensors"):
         (folder / name).unlink()

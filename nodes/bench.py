@@ -1,0 +1,209 @@
+"""`bench`, the README's main job: ComfyUI's stock txt2img vs Sprint's bundled fast and quality
+workflows on one model, seed and prompt.
+
+Stock is ComfyUI's default graph (KSampler euler/normal, 20 steps, cfg 8, full VAE decode); fast
+and quality are workflows/api/sprint_*.json as shipped, given the same checkpoint, size, seed,
+prompt and step budget. Per pipeline: end-to-end wall time (rounds A B C A B C ..., medians; every
+round a new seed), UNet calls and batch rows, peak memory, and the error of its final latent against
+a fine-step reference of the same pipeline (same model, guidance schedule, seed and noise; only the
+sampling made fine: dpmpp_2m with --ref-steps steps).
+
+What is cached between runs is what ComfyUI itself keeps: the loaded checkpoint (the same loader
+inputs in every pipeline) stays; the executor drops the outputs the next prompt does not share, so
+every run re-encodes its prompts as after switching workflows, which Sprint's text cache answers.
+"""
+import copy
+import json
+import statistics
+import time
+
+from .headless import PACK_ROOT, boot_for, provide_checkpoint, provide_light_decoder, stock_txt2img
+
+WORKFLOWS = PACK_ROOT / "workflows" / "api"
+PIPELINES = ("stock", "fast", "quality")
+POSITIVE = "a photograph of a lighthouse on a cliff at sunset, detailed"
+NEGATIVE = "blurry, low quality"
+SAMPLERS = ("KSampler", "SprintKSampler")
+DECODERS = ("VAEDecode", "SprintLightVAEDecode")
+
+
+def configure_bench(parser):
+    """`bench`: stock txt2img vs Sprint fast vs Sprint quality, side by side."""
+    parser.add_argument("--ckpt", help="checkpoint file (default: a full SD1.5-architecture model with random weights, "
+                                       "written once and said so)")
+    parser.add_argument("--light-decoder", help="taesd decoder file for the fast workflow's light VAE "
+                                                "(default: random weights, same architecture)")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (quality upscales it 2x)")
+    parser.add_argument("--steps", type=int, default=20, help="step budget of every pipeline")
+    parser.add_argument("--repeat", type=int, default=3, help="timed rounds (after one untimed warm-up round)")
+    parser.add_argument("--ref-steps", type=int, default=60, help="steps of the fine dpmpp_2m reference runs")
+    parser.add_argument("--pipelines", default=",".join(PIPELINES), help="which of stock,fast,quality to run")
+    parser.set_defaults(func=bench_command)
+
+
+def load_pipeline(name, ckpt_name, size, steps):
+    """The API prompt of a pipeline with the bench's checkpoint, size, prompt and step budget."""
+    if name == "stock":
+        return stock_txt2img(ckpt_name, size, size, steps, positive=POSITIVE, negative=NEGATIVE)
+    prompt = json.loads((WORKFLOWS / f"sprint_{name}.json").read_text())
+    texts = iter((POSITIVE, NEGATIVE))
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = ckpt_name
+        elif node["class_type"] == "EmptyLatentImage":
+            inputs["width"] = inputs["height"] = size
+        elif node["class_type"] in ("CLIPTextEncode", "SprintCachedTextEncode"):
+            inputs["text"] = next(texts)
+        if "steps" in inputs:
+            inputs["steps"] = steps
+    return prompt
+
+
+def with_seed(prompt, seed):
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        if "seed" in node["inputs"]:
+            node["inputs"]["seed"] = seed
+    return prompt
+
+
+def reference(prompt, steps):
+    """The same pipeline with fine sampling: every sampler becomes dpmpp_2m over `steps` steps of its
+    own scheduler (same model patches, cfg, seed, denoise); two-stage refines with dpmpp_2m over the
+    tail of a `steps`-step schedule."""
+    prompt = copy.deepcopy(prompt)
+    for node_id, node in list(prompt.items()):
+        inputs = node["inputs"]
+        if node["class_type"] in SAMPLERS:
+            node["class_type"] = "KSampler"
+            node["inputs"] = {k: inputs[k] for k in ("model", "positive", "negative", "latent_image", "seed", "cfg",
+                                                     "scheduler", "denoise")}
+            node["inputs"].update(steps=steps, sampler_name="dpmpp_2m")
+        elif node["class_type"] == "SprintTwoStageUpscale":
+            prompt[f"{node_id}.ref_sampler"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "dpmpp_2m"}}
+            inputs.update(steps=steps, sampler=[f"{node_id}.ref_sampler", 0])
+    return prompt
+
+
+def final_latent(prompt):
+    """(node id, output slot) of the latent the pipeline decodes."""
+    return next(node["inputs"]["samples"] for node in prompt.values() if node["class_type"] in DECODERS)
+
+
+class UNetCalls:
+    """Counts forward calls (and batch rows) of a diffusion model: a plain torch forward pre-hook."""
+
+    def __init__(self, diffusion_model):
+        self.calls = self.rows = 0
+        self.handle = diffusion_model.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        self.calls += 1
+        self.rows += args[0].shape[0]
+
+    def take(self):
+        counts, (self.calls, self.rows) = (self.calls, self.rows), (0, 0)
+        return counts
+
+
+class PeakMemory:
+    """Peak memory of a block above its start: torch's peak allocation on CUDA, else the growth of
+    the process's peak resident set (VmHWM, reset through /proc/self/clear_refs; Linux)."""
+
+    def __init__(self, cuda):
+        self.cuda = cuda
+        self.method = "torch.cuda peak allocation" if cuda else "peak RSS (VmHWM) growth"
+
+    @staticmethod
+    def status(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+    def __enter__(self):
+        import torch
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.start = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.start = self.status("VmRSS")
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.peak = (torch.cuda.max_memory_allocated() if self.cuda else self.status("VmHWM")) - self.start
+
+
+def rmse(a, b):
+    return (a.double() - b.double()).pow(2).mean().sqrt().item()
+
+
+def bench_command(args):
+    import comfy.model_management
+    host = boot_for(args)
+    ckpt_name = provide_checkpoint(host, args.ckpt)
+    provide_light_decoder(host, args.light_decoder)
+    names = [n for n in args.pipelines.split(",") if n]
+    if unknown := set(names) - set(PIPELINES):
+        raise SystemExit(f"unknown pipelines {sorted(unknown)}; choose from {', '.join(PIPELINES)}")
+    prompts = {n: load_pipeline(n, ckpt_name, args.size, args.steps) for n in names}
+    device = comfy.model_management.get_torch_device()
+    cuda = getattr(device, "type", "cpu") == "cuda"
+    print(f"ComfyUI {host.comfy_path} | device {device} | checkpoint {ckpt_name}"
+          + ("" if args.ckpt else " (SD1.5 architecture, random weights: times and calls are real, images are noise)"))
+    print(f"{args.size}x{args.size} px, {args.steps}-step budget, prompt {POSITIVE!r}; quality upscales to 2x; "
+          f"{args.repeat} timed round(s) after a warm-up, medians")
+
+    warm = host.run(with_seed(prompts[names[0]], 10**6))         # loads the checkpoint, untimed
+    loader = next(k for k, v in prompts[names[0]].items() if v["class_type"] == "CheckpointLoaderSimple")
+    # the loader's MODEL stays in the executor's cache (same inputs) for every later prompt
+    counter = UNetCalls(warm.output(loader, 0).model.diffusion_model)
+    stats = {n: {"time": [], "calls": [], "rows": [], "peak": [], "events": []} for n in names}
+    latents = {}
+    for round_ in range(args.repeat + 1):                       # round 0: warm-up, and the latents scored
+        for name in names:
+            prompt = with_seed(prompts[name], round_)
+            counter.take()
+            with PeakMemory(cuda) as memory:
+                start = time.perf_counter()
+                result = host.run(prompt)
+                seconds = time.perf_counter() - start
+            calls, rows = counter.take()
+            if round_ == 0:
+                node, slot = final_latent(prompt)
+                latents[name] = result.output(node, slot)["samples"]
+                continue
+            for key, value in (("time", seconds), ("calls", calls), ("rows", rows), ("peak", memory.peak)):
+                stats[name][key].append(value)
+            stats[name]["events"] = [e for e in result.events if e[0].startswith("sprint.")]
+        if round_ > 0:
+            print(f"round {round_}: " + ", ".join(f"{n} {stats[n]['time'][-1]:.1f} s" for n in names), flush=True)
+
+    errors = {}
+    for name in names:
+        ref = reference(prompts[name], args.ref_steps)
+        result = host.run(with_seed(ref, 0))
+        node, slot = final_latent(ref)
+        target = result.output(node, slot)["samples"]
+        errors[name] = (rmse(latents[name], target), rmse(latents[name], target) / rmse(target, 0 * target))
+
+    print(f"\n{'pipeline':<9} {'median s':>9} {'speed-up':>9} {'UNet calls':>11} {'rows':>6} {'peak MiB':>9} "
+          f"{'latent RMSE':>12} {'relative':>9}   (error vs the same pipeline at {args.ref_steps} dpmpp_2m steps)")
+    base = statistics.median(stats[names[0]]["time"])
+    for name in names:
+        s = stats[name]
+        median = statistics.median(s["time"])
+        print(f"{name:<9} {median:>9.2f} {base / median:>8.2f}x {statistics.median(s['calls']):>11.0f} "
+              f"{statistics.median(s['rows']):>6.0f} {max(s['peak']) / 2**20:>9.0f} {errors[name][0]:>12.4g} "
+              f"{errors[name][1]:>9.2%}")
+    print(f"speed-up relative to {names[0]}; peak memory: {PeakMemory(cuda).method}, max over rounds")
+    for name in names:
+        for event, data in stats[name]["events"]:
+            shown = {k: v for k, v in data.items() if k not in ("node", "prompt_id")}
+            print(f"  {name}: {event} {json.dumps(shown, default=str)}")
+    return 0
