@@ -49,13 +49,18 @@ def _workflow_names():
 
 
 @pytest.fixture(scope="session")
-def drive(comfy_server, sd15_checkpoint, synthetic, tmp_path_factory):
-    """What drive.mjs saw in the browser (a dict, see drive.mjs)."""
+def browser_tools():
+    """Skip (one line for the tier, see conftest) or fail before any server starts."""
     missing = _missing_dependency()
     if missing:
         if os.environ.get("SPRINT_REQUIRE_BROWSER") == "1":
             pytest.fail(f"SPRINT_REQUIRE_BROWSER=1 but the browser tier cannot run: {missing}", pytrace=False)
         pytest.skip(f"browser tier skipped: {missing}")
+
+
+@pytest.fixture(scope="session")
+def drive(browser_tools, comfy_server, sd15_checkpoint, synthetic, tmp_path_factory):
+    """What drive.mjs saw in the browser (a dict, see drive.mjs)."""
     # The fast workflow's light decoder reads models/vae_approx/taesd_decoder.* of the server.
     vae_approx = comfy_server.base_dir / "models" / "vae_approx"
     vae_approx.mkdir(parents=True, exist_ok=True)
