@@ -75,6 +75,31 @@ try {
     await page.screenshot({ path: shot(`workflow-${name}`) });
   }
 
+  // Engine events as nodes/accelerate.py sends them (a real build takes minutes): the build toast
+  // follows the progress bar, then says ready; a fallback badges the node in warning colour.
+  // Events for no node, an unknown node, or with missing fields must not throw.
+  phase = "events";
+  result.events = await page.evaluate(async () => {
+    const { api } = await import("/scripts/api.js");
+    const node = app.graph.nodes.find((n) => /KSampler$/.test(n.type));
+    const toasts = () => [...document.querySelectorAll(".p-toast-message")].map((t) => t.innerText.replace(/\s+/g, " "));
+    const frame = () => new Promise((r) => setTimeout(r, 1200));   // toasts leave with a transition
+    const send = async (type, detail) => { api.dispatchCustomEvent(type, detail); await frame(); };
+    const out = {};
+    await send("sprint.sampler", {});
+    await send("sprint.text_cache", { node: "99999", prompt_id: "t" });
+    await send("sprint.engine", { node: String(node.id), prompt_id: "t", status: "building", backend: "onnxruntime", precision: "fp32" });
+    await send("progress", { node: String(node.id), prompt_id: "t", value: 1, max: 4 });
+    out.building = toasts();
+    await send("sprint.engine", { node: String(node.id), prompt_id: "t", status: "ready", backend: "onnxruntime", precision: "fp32", bytes: 3 << 20 });
+    out.ready = toasts();
+    await send("sprint.engine", { node: String(node.id), prompt_id: "t", fallback: "the image is larger than the engine's profile" });
+    out.badge = node.sprintBadge?.text ?? null;
+    out.colors = node.sprintBadge ? Object.values(node.sprintBadge.lines).map(([, c]) => c) : [];
+    return out;
+  });
+  await page.screenshot({ path: shot("engine-events") });
+
   if (config.run) {
     phase = `run:${config.run.workflow}`;
     await openTemplate(config.run.workflow);

@@ -113,6 +113,14 @@ def test_default_preset_setting(drive):
     assert all(value == "draft" for value in drive["preset"]["fresh_nodes"].values()), drive["preset"]
 
 
+def test_engine_build_toasts_and_fallback_badge(drive):
+    events = drive["events"]
+    assert any("Building the onnxruntime fp32 UNet engine: 25%" in t for t in events["building"]), events
+    assert not any("Building" in t for t in events["ready"]) and any("engine ready" in t for t in events["ready"]), events
+    assert "PyTorch fallback (the image is larger than the engine's profile)" in events["badge"]
+    assert events["colors"] == ["warn"]
+
+
 @pytest.mark.parametrize("name", _workflow_names())
 def test_workflow_opens_from_templates_with_no_missing_nodes(drive, name):
     opened = drive["workflows"][name]
