@@ -9,6 +9,7 @@ const PRESET_SETTING = "Sprint.DefaultPreset";
 const PRESETS = ["draft", "balanced", "quality"];
 const COLORS = { ok: "#1f6f43", warn: "#9a5b00" };
 const LINE_HEIGHT = 16;
+const MAX_CHARS = 56;   // longer lines are cut on the canvas (node.sprintBadge.text keeps them whole)
 
 const percent = (part, whole) => (whole > 0 ? `${Math.round((100 * part) / whole)}%` : "–");
 
@@ -37,9 +38,11 @@ function targetNode(detail) {
   return id && app.graph ? app.graph.getNodeById(Number(id)) ?? app.graph.getNodeById(id) : null;
 }
 
+const fit = (text) => (text.length > MAX_CHARS ? `${text.slice(0, MAX_CHARS - 1)}…` : text);
+
 function drawBadge(node, ctx) {
   const badge = node.sprintBadge;
-  const lines = badge ? Object.values(badge.lines) : [];
+  const lines = Object.values(badge?.lines ?? {}).map(([text, color]) => [fit(text), color]);
   if (!lines.length || node.flags?.collapsed) return;
   ctx.save();
   ctx.font = "12px sans-serif";
