@@ -43,7 +43,7 @@ try {
       const widget = node?.widgets?.find((w) => w.name === "preset");
       if (widget) presets[type] = widget.value;
     }
-    await settings.set("Sprint.DefaultPreset", before);
+    // Left at "draft": opened workflows must keep their saved preset (the twins check it).
     return { default: before, fresh_nodes: presets };
   });
   await page.screenshot({ path: shot("loaded") });

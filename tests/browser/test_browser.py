@@ -131,7 +131,8 @@ def test_workflow_opens_from_templates_with_no_missing_nodes(drive, name):
 
 @pytest.mark.parametrize("name", _workflow_names())
 def test_api_twin_is_what_the_frontend_queues(drive, name):
-    """workflows/api/<name>.json equals graphToPrompt() of the opened UI workflow (class_type + inputs)."""
+    """workflows/api/<name>.json equals graphToPrompt() of the opened UI workflow (class_type + inputs),
+    opened while Sprint.DefaultPreset is "draft": a saved preset wins over the setting."""
     assert (TWINS / f"{name}.json").is_file(), f"no API twin {TWINS / name}.json"
     twin = json.loads((TWINS / f"{name}.json").read_text())
     prompt = drive["workflows"][name]["prompt"]
