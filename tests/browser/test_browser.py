@@ -25,15 +25,15 @@ TWINS = pathlib.Path(os.environ.get("SPRINT_API_TWINS", WORKFLOWS / "api"))
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 PACK = "Sprint"                             # the folder name the server knows the pack by (headless.PACK_FOLDER)
 SPRINT_URLS = (f"/extensions/{PACK}", f"/api/workflow_templates/{PACK}")
+CHROMIUM = os.environ.get("SPRINT_CHROMIUM", "/usr/bin/chromium")   # Debian's; never a downloaded one
 BADGE_COLORS = {"ok": (0x1f, 0x6f, 0x43), "warn": (0x9a, 0x5b, 0x00)}   # web/sprint.js COLORS
 
 
 def _missing_dependency():
     if shutil.which("node") is None:
         return "no `node` on PATH"
-    chromium = os.environ.get("SPRINT_CHROMIUM", "/usr/bin/chromium")
-    if not os.access(chromium, os.X_OK):
-        return f"no Chromium at {chromium} (apt-get install chromium, or set SPRINT_CHROMIUM)"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set SPRINT_CHROMIUM)"
     if not (_node_modules() / "playwright-core" / "index.mjs").is_file():
         return f"no playwright-core in {_node_modules()} (npm install --prefix {_node_modules().parent} playwright-core)"
     return None
@@ -70,7 +70,7 @@ def drive(browser_tools, comfy_server, sd15_checkpoint, synthetic, tmp_path_fact
     work = tmp_path_factory.mktemp("browser")
     config = {
         "url": comfy_server.url, "pack": PACK, "workflows": _workflow_names(),
-        "node_modules": str(_node_modules()), "chromium": os.environ.get("SPRINT_CHROMIUM", "/usr/bin/chromium"),
+        "node_modules": str(_node_modules()), "chromium": CHROMIUM,
         "artifacts": str(ARTIFACTS), "result": str(work / "result.json"),
         "run": {"workflow": "sprint_fast", "ckpt": sd15_checkpoint, "size": 256, "max_steps": 8,
                 "timeout_ms": 400_000} if "sprint_fast" in _workflow_names() else None,
