@@ -73,6 +73,8 @@ try {
       };
     });
     await page.screenshot({ path: shot(`workflow-${name}`) });
+    // Close what opened with it (a missing-nodes dialog), so the next step starts clean.
+    for (let i = 0; i < 3 && await page.getByRole("dialog").count(); i++) await page.keyboard.press("Escape");
   }
 
   // Engine events as nodes/accelerate.py sends them (a real build takes minutes): the build toast
@@ -119,7 +121,11 @@ try {
         setWidget(n, "seed", Date.now() % 1000000);
         if (n.type === "EmptyLatentImage") { setWidget(n, "width", size); setWidget(n, "height", size); }
       }
+      const missing = nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type);
       const sampler = nodes.find((n) => /KSampler$/.test(n.type));
+      if (missing.length || !sampler) {
+        return { outcome: { ok: false, detail: `not queued: missing node types ${missing}, sampler ${sampler?.type}` } };
+      }
       const steps = sampler.widgets.find((w) => w.name === "steps");
       steps.value = Math.min(steps.value, max_steps);
       const done = new Promise((resolve) => {
@@ -127,8 +133,8 @@ try {
         api.addEventListener("execution_error", (e) => resolve({ ok: false, detail: e.detail }));
         setTimeout(() => resolve({ ok: false, detail: "timed out" }), timeout_ms);
       });
-      await app.queuePrompt(0, 1);
-      const outcome = await done;
+      const queued = await app.queuePrompt(0, 1);   // false: the server refused it (node errors)
+      const outcome = queued ? await done : { ok: false, detail: "refused by the server (see the page's error dialog)" };
       // Show the sampler, draw, and read the canvas where its badge says it was drawn.
       app.canvas.centerOnNode?.(sampler);
       app.canvas.setDirty(true, true);
