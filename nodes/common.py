@@ -57,7 +57,10 @@ def patcher_fingerprint(patcher, prefix=None):
     parts = []
     for key, (weight, _convert), *patches in sorted(
             ((k, *v) for k, v in patcher.get_key_patches(prefix).items()), key=lambda kv: kv[0]):
-        tag = (key, weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype)
+        # Inference tensors (weights a loader made under the executor's inference_mode) keep no
+        # version counter; their in-place changes go through the patcher, whose backups we read.
+        version = None if weight.is_inference() else weight._version
+        tag = (key, weight.data_ptr(), version, tuple(weight.shape), weight.dtype)
         if tag not in memo:
             memo[tag] = digest(weight)
         parts.append((key, memo[tag], patches))

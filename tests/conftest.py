@@ -73,6 +73,10 @@ def pytest_terminal_summary(terminalreporter):
     if skipped and (HOST_MISSING or _host_state["error"]):
         reason = HOST_MISSING or f"{_host_state['error']}; {ENABLE_HINT}"
         terminalreporter.write_line(f"host tier skipped ({len(skipped)} tests): {reason}")
+    browser = {r.longrepr[2] for r in skipped if "browser" in r.keywords and isinstance(r.longrepr, tuple)
+               and "browser tier skipped" in r.longrepr[2]}
+    for line in browser:   # one line for the tier, not one per test
+        terminalreporter.write_line(line.removeprefix("Skipped: "))
 
 
 @pytest.fixture(scope="session")

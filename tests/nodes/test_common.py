@@ -45,3 +45,13 @@ def test_fingerprint_follows_weights_and_patches(host, synthetic):
         assert common.patcher_fingerprint(lora) == before
     finally:
         lora.unpatch_model()
+
+
+def test_fingerprint_of_weights_loaded_under_inference_mode(host, synthetic):
+    """The server's executor runs loaders under torch.inference_mode: their weights are inference
+    tensors (no version counter); the fingerprint is the same as for ordinary tensors."""
+    common = host.module("nodes.common")
+    with torch.inference_mode():
+        loaded = synthetic.sd15_model("tiny", seed=2)
+    assert next(loaded.model.parameters()).is_inference()
+    assert common.patcher_fingerprint(loaded) == common.patcher_fingerprint(synthetic.sd15_model("tiny", seed=2))
