@@ -99,7 +99,7 @@ def _feed(h, obj):
     if isinstance(obj, torch.Tensor):
         t = obj.detach().to("cpu").contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy())   # 0-d tensors too; no copy
     elif isinstance(obj, (list, tuple)):
         h.update(f"L{len(obj)}".encode())
         for x in obj:

@@ -6,6 +6,7 @@ import os
 import comfy.model_management
 import comfy.utils
 import folder_paths
+from comfy_execution.utils import get_executing_context
 
 from ..engines.files import digest
 
@@ -13,14 +14,19 @@ log = logging.getLogger("sprint")
 
 
 def send_event(event, data):
-    """Send `sprint.<event>` to the frontend; a headless run (no PromptServer) just skips it."""
+    """Send `sprint.<event>` to the frontend, tagged with the executing node and prompt so the
+    web extension can badge the right node; a headless run (no PromptServer) just skips it."""
     try:
         from server import PromptServer
     except ImportError:
         return
     server = getattr(PromptServer, "instance", None)
-    if server is not None:
-        server.send_sync(f"sprint.{event}", data, server.client_id)
+    if server is None:
+        return
+    context = get_executing_context()
+    if context is not None:
+        data = {"node": context.node_id, "prompt_id": context.prompt_id, **data}
+    server.send_sync(f"sprint.{event}", data, server.client_id)
 
 
 def model_folder(name):

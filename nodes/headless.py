@@ -80,9 +80,12 @@ class Host:
         self.import_failures = import_failures
         self.server = _ServerStub()
         self.executor = execution.PromptExecutor(self.server)
+        # ComfyUI names a pack's module after its folder's absolute path; other copies of the pack
+        # (the tests' `sprint`, pytest's package import under the clone's folder name) hold
+        # other module-level state.
         module = next((m for name, m in sys.modules.items()
                        if getattr(m, "__file__", None) and pathlib.Path(m.__file__).resolve() == PACK_ROOT / "__init__.py"
-                       and name not in ("sprint",)), None)
+                       and os.path.isabs(name)), None)
         self.pack = module
 
     def module(self, name):
@@ -255,7 +258,7 @@ def boot_for(args):
 
 # Sub-commands of `python <Sprint folder> ...`: name -> module of this pack with a
 # configure(parser) that adds its arguments and sets func(args) -> exit code.
-COMMANDS = {"run": "nodes.headless"}
+COMMANDS = {"run": "nodes.headless", "text-cache-bench": "nodes.speed_bench", "light-vae-bench": "nodes.speed_bench"}
 
 
 def main(argv=None):

@@ -58,6 +58,31 @@ def source(graph, type_name, obj):
     return graph.node(f"HarnessSource{type_name}", key=put(obj)).out(0)
 
 
+@contextlib.contextmanager
+def captured_events():
+    """Stand in for PromptServer.instance during a block; yields the (event, data) list it got."""
+    import server
+
+    class Recorder:
+        client_id = "harness"
+
+        def __init__(self):
+            self.events = []
+
+        def send_sync(self, event, data, sid=None):
+            self.events.append((event, data))
+
+    recorder, previous = Recorder(), getattr(server.PromptServer, "instance", None)
+    server.PromptServer.instance = recorder
+    try:
+        yield recorder.events
+    finally:
+        if previous is None:
+            del server.PromptServer.instance
+        else:
+            server.PromptServer.instance = previous
+
+
 def free_port():
     with contextlib.closing(socket.socket()) as s:
         s.bind(("127.0.0.1", 0))

@@ -15,8 +15,14 @@ def test_model_folder_is_registered(host):
     assert common.model_folder("sprint_test_folder") == path
 
 
-def test_send_event_is_silent_headless(host):
-    host.module("nodes.common").send_event("test", {"a": 1})     # no PromptServer.instance here
+def test_send_event_is_silent_headless_and_tagged_when_served(host):
+    import harness
+    from comfy_execution.utils import CurrentNodeContext
+    common = host.module("nodes.common")
+    common.send_event("test", {"a": 1})                            # no PromptServer.instance: no-op
+    with harness.captured_events() as events, CurrentNodeContext("p1", "7"):
+        common.send_event("test", {"a": 1})
+    assert events == [("sprint.test", {"node": "7", "prompt_id": "p1", "a": 1})]
 
 
 def test_fingerprint_follows_weights_and_patches(host, synthetic):

@@ -1,0 +1,181 @@
+"""Prompt-embedding store: exact round trips, LRU bounds, disk across restarts, corruption,
+two writer processes, a full disk."""
+import errno
+import json
+import logging
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sprint.engines import prompt_cache as P
+
+KB = 1024
+
+
+def conditioning(seed, tokens=77, width=64):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, width, generator=g),
+             {"pooled_output": torch.randn(1, width, generator=g).to(torch.bfloat16), "strength": 0.7,
+              "area": (1, 2, 3, 4), "note": None, "flags": [True, "x"]}]]
+
+
+def assert_identical(a, b):
+    assert type(a) is type(b)
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_identical(x, y)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_identical(a[k], b[k])
+    else:
+        assert a == b
+
+
+def test_flatten_round_trips_exactly_and_refuses_live_objects():
+    value = conditioning(0)
+    assert_identical(P.unflatten(*P.flatten(value)), value)
+    with pytest.raises(P.Uncacheable):
+        P.flatten([[torch.zeros(1), {"hooks": object()}]])
+
+
+def test_memory_hit_is_a_private_copy():
+    cache = P.PromptCache(memory_bytes=10 * 1024 * KB)
+    value = conditioning(1)
+    cache.put("k", value)
+    value[0][0].add_(1)                      # the caller edits its own copy afterwards
+    got, where = cache.get("k")
+    assert where == "memory"
+    assert_identical(got, conditioning(1))
+    got[0][0].zero_()                        # and edits to a hit do not reach the cache
+    assert_identical(cache.get("k")[0], conditioning(1))
+    assert cache.get("absent") == (None, "miss")
+
+
+def test_memory_lru_stays_within_its_bound():
+    size = P._nbytes(P.flatten(conditioning(0))[0])
+    cache = P.PromptCache(memory_bytes=3 * size)
+    for i in range(3):
+        cache.put(f"k{i}", conditioning(i))
+    cache.get("k0")                          # k0 becomes the most recently used
+    cache.put("k3", conditioning(3))
+    stats = cache.stats()
+    assert stats["memory_entries"] == 3 and stats["memory_bytes"] <= 3 * size
+    assert cache.get("k1")[1] == "miss" and cache.get("k0")[1] == "memory"
+    cache.configure(memory_bytes=size)
+    assert cache.stats()["memory_entries"] == 1 and cache.stats()["memory_bytes"] <= size
+    cache.put("huge", conditioning(9, tokens=400))       # larger than the whole bound: not kept
+    assert cache.get("huge")[1] == "miss"
+
+
+def test_disk_survives_a_restart_bit_for_bit(tmp_path):
+    P.PromptCache(KB * KB, tmp_path, 10 * KB * KB).put("k", conditioning(2), label="a cat")
+    restarted = P.PromptCache(KB * KB, tmp_path, 10 * KB * KB)
+    got, where = restarted.get("k")
+    assert where == "disk"
+    assert_identical(got, conditioning(2))
+    assert restarted.get("k")[1] == "memory"
+    index = json.loads((tmp_path / P.INDEX).read_text())["entries"]
+    assert index["k"]["label"] == "a cat" and index["k"]["bytes"] == (tmp_path / "k.safetensors").stat().st_size
+    assert restarted.get("k", disk=False)[1] == "memory"
+    assert P.PromptCache(KB * KB, tmp_path, 10 * KB * KB).get("k", disk=False)[1] == "miss"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "other key"])
+def test_a_corrupt_entry_is_a_miss_then_rewritten(tmp_path, damage, caplog):
+    cache = P.PromptCache(KB * KB, tmp_path, 10 * KB * KB)
+    cache.put("k", conditioning(3))
+    path = tmp_path / "k.safetensors"
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[:len(data) // 2]
+    elif damage == "flip":
+        data[-10] ^= 0xFF                    # inside the tensor bytes: only the digest notices
+    elif damage == "garbage":
+        data = bytearray(b"not a safetensors file")
+    else:
+        cache.put("other", conditioning(4))
+        data = bytearray((tmp_path / "other.safetensors").read_bytes())
+    path.write_bytes(bytes(data))
+    fresh = P.PromptCache(KB * KB, tmp_path, 10 * KB * KB)
+    with caplog.at_level(logging.WARNING, "sprint"):
+        assert fresh.get("k") == (None, "miss")
+    assert "unreadable entry" in caplog.text
+    fresh.put("k", conditioning(3))
+    assert_identical(P.PromptCache(KB * KB, tmp_path, 10 * KB * KB).get("k")[0], conditioning(3))
+
+
+def test_disk_is_bounded_least_recently_used_first_and_index_rebuilds(tmp_path):
+    one = P.PromptCache(KB * KB, tmp_path, 10 * KB * KB)
+    one.put("a", conditioning(0))
+    entry = (tmp_path / "a.safetensors").stat().st_size
+    store = P.PromptCache(KB * KB, tmp_path, int(2.5 * entry))
+    store.put("b", conditioning(1))
+    reader = P.PromptCache(KB * KB, tmp_path, int(2.5 * entry))     # another process uses a
+    assert reader.get("a")[1] == "disk"
+    reader.put("c", conditioning(2))         # over the bound: b, the least recently used, goes
+    assert sorted(p.stem for p in tmp_path.glob("*.safetensors")) == ["a", "c"]
+    (tmp_path / P.INDEX).write_text("{broken")
+    stats = P.PromptCache(KB * KB, tmp_path, int(2.5 * entry)).stats()
+    assert stats["disk_entries"] == 2 and stats["disk_bytes"] == 2 * entry
+    P.PromptCache(KB * KB, tmp_path, int(2.5 * entry)).clear(disk=True)
+    assert list(tmp_path.glob("*.safetensors")) == []
+
+
+WRITER = """
+import sys, torch
+sys.path.insert(0, {tests!r}); import conftest
+from sprint.engines import prompt_cache as P
+folder, name = sys.argv[1], sys.argv[2]
+cache = P.PromptCache(1 << 20, folder, 1 << 30)
+for i in range(25):
+    cache.put(f"{{name}}{{i}}", [[torch.full((1, 77, 64), float(i)), {{"pooled_output": torch.zeros(1, 64)}}]])
+    cache.put("shared", [[torch.ones(1, 77, 64), {{}}]])
+"""
+
+
+def test_two_writer_processes_share_one_folder(tmp_path):
+    script = WRITER.format(tests=str(pathlib.Path(__file__).resolve().parents[1]))
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), name]) for name in ("a", "b")]
+    assert [p.wait(300) for p in procs] == [0, 0]
+    index = json.loads((tmp_path / P.INDEX).read_text())["entries"]
+    assert set(index) == {f"{n}{i}" for n in "ab" for i in range(25)} | {"shared"}
+    reader = P.PromptCache(1 << 20, tmp_path, 1 << 30)
+    for key in index:
+        assert reader.get(key)[1] == "disk", key
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_full_disk_degrades_to_memory_with_one_warning(tmp_path, monkeypatch, caplog):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(P.safetensors.torch, "save_file", full)
+    cache = P.PromptCache(KB * KB, tmp_path, 10 * KB * KB)
+    with caplog.at_level(logging.WARNING, "sprint"):
+        for i in range(3):
+            cache.put(f"k{i}", conditioning(i))
+    assert caplog.text.count("memory-only") == 1 and "No space left" in caplog.text
+    assert cache.get("k2")[1] == "memory"
+    assert cache.stats()["disk_disabled"] and not list(tmp_path.glob("*.safetensors"))
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_orphans_of_a_crash_are_adopted_and_stale_temp_files_removed(tmp_path):
+    import os
+    import time
+    P.PromptCache(KB * KB, tmp_path, 10 * KB * KB).put("a", conditioning(0))
+    (tmp_path / P.INDEX).unlink()            # crash between writing the entry and the index
+    stale = tmp_path / ".b.safetensors.x.partial"
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 2 * P.STALE_PARTIAL_S,) * 2)
+    fresh = tmp_path / ".c.safetensors.y.partial"     # a writer at work: left alone
+    fresh.write_bytes(b"half")
+    P.PromptCache(KB * KB, tmp_path, 10 * KB * KB).put("b", conditioning(1))
+    assert set(json.loads((tmp_path / P.INDEX).read_text())["entries"]) == {"a", "b"}
+    assert not stale.exists() and fresh.exists()

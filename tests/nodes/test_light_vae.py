@@ -1,0 +1,94 @@
+"""SprintLightVAEDecode/Encode in the host: files from models/vae_approx, variant from the model,
+ComfyUI's own TAESD as the reference, the real taef2 through the executor, clear errors."""
+import pathlib
+import shutil
+
+import pytest
+import torch
+
+import harness
+
+pytestmark = pytest.mark.host
+
+
+
+@pytest.fixture(scope="module")
+def vae_approx(host, synthetic, taesd_data):
+    """models/vae_approx with the real taef2 decoder + encoder and a random-weight taesd decoder
+    (ComfyUI's own TAESD module's keys, i.e. the official layout)."""
+    import comfy.utils
+    import folder_paths
+    folder = pathlib.Path(folder_paths.get_folder_paths("vae_approx")[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in ("decoder", "encoder"):
+        shutil.copy(taesd_data / f"taef2_{part}.pth", folder / f"taef2_{part}.pth")
+    sd = synthetic.taesd_state_dict(seed=4)
+    comfy.utils.save_torch_file({k[len("taesd_decoder."):]: v for k, v in sd.items() if k.startswith("taesd_decoder.")},
+                                str(folder / "taesd_decoder.safetensors"))
+    yield folder, sd
+    for name in ("taef2_decoder.pth", "taef2_encoder.pth", "taesd_decoder.safetensors"):
+        (folder / name).unlink()
+
+
+def decode_graph(latent, **inputs):
+    from comfy_execution.graph_utils import GraphBuilder
+    g = GraphBuilder()
+    node = g.node("SprintLightVAEDecode", samples=harness.source(g, "LATENT", {"samples": latent}), **inputs)
+    g.node("PreviewImage", images=node.out(0))
+    return g, node
+
+
+def test_decode_follows_the_model_and_matches_comfyuis_taesd(host, vae_approx, tiny_model):
+    """Variant from the MODEL's latent format (SD1.5 -> taesd); same image as ComfyUI's own TAESD VAE."""
+    import comfy.sd
+    _, sd = vae_approx
+    latent = torch.randn(2, 4, 12, 10, generator=torch.Generator().manual_seed(0))
+    from comfy_execution.graph_utils import GraphBuilder
+    g = GraphBuilder()
+    node = g.node("SprintLightVAEDecode", samples=harness.source(g, "LATENT", {"samples": latent}),
+                  model=harness.source(g, "MODEL", tiny_model), precision="fp32")
+    g.node("PreviewImage", images=node.out(0))
+    image = host.run(g.finalize()).output(node.id)
+    reference = comfy.sd.VAE(sd=sd).decode(latent)         # ComfyUI's TAESD path, both halves loaded
+    assert image.shape == (2, 96, 80, 3) == reference.shape
+    assert (image - reference.float()).abs().max() < 2e-2   # ComfyUI may decode in bf16 on this CPU
+    loaded = [m.model for m in host.module("nodes.light_vae").mm.current_loaded_models]
+    assert any(type(p.model).__name__ == "Sequential" for p in loaded)     # through the memory manager
+
+
+def test_real_taef2_round_trip_through_the_executor(host, vae_approx):
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image is a test requirement")
+    from comfy_execution.graph_utils import GraphBuilder
+    photo = torch.from_numpy(skimage_data.coffee()[:200, 100:420]).float()[None] / 255     # 200 x 320
+    g = GraphBuilder()
+    enc = g.node("SprintLightVAEEncode", pixels=harness.source(g, "IMAGE", photo), variant="taef2")
+    dec = g.node("SprintLightVAEDecode", samples=enc.out(0))          # 128 channels: taef2 by itself
+    tiled = g.node("SprintLightVAEDecode", samples=enc.out(0), tile_size=64)
+    g.node("PreviewImage", images=dec.out(0))
+    g.node("PreviewImage", images=tiled.out(0))
+    result = host.run(g.finalize())
+    latent, image = result.output(enc.id)["samples"], result.output(dec.id)
+    assert latent.shape == (1, 128, 12, 20)                      # cropped to 192 x 320, FLUX.2 packed
+    psnr = host.module("engines.taesd").psnr(image, photo[:, 4:196])
+    assert psnr > 27.0, psnr                                     # floor justified in tests/engines/test_taesd.py
+    assert (result.output(tiled.id) - image).abs().max() < 1e-4
+
+
+def test_missing_file_names_the_file_and_folder(host, vae_approx):
+    g, _ = decode_graph(torch.randn(1, 16, 8, 8), variant="taesd3")
+    with pytest.raises(Exception, match=r"taesd3_decoder\.pth .*models/vae_approx"):
+        host.run(g.finalize())
+    g, _ = decode_graph(torch.randn(1, 7, 8, 8))
+    with pytest.raises(Exception, match="4, 16, 32 or 128 channels"):
+        host.run(g.finalize())
+
+
+def test_every_variant_loads_comfyuis_own_taesd_layout(host, tmp_path):
+    """ComfyUI's comfy.taesd modules are built from the official files' layout: ours loads them."""
+    import comfy.taesd.taesd as comfy_taesd
+    T = host.module("engines.taesd")
+    for channels in (4, 16):
+        for kind, build, load in (("decoder", comfy_taesd.Decoder, T.load_decoder), ("encoder", comfy_taesd.Encoder, T.load_encoder)):
+            path = tmp_path / f"{kind}{channels}.pth"
+            torch.save({k: torch.randn(v.shape) for k, v in build(channels).state_dict().items()}, path)
+            assert T.latent_channels(load(path)) == channels
