@@ -8,7 +8,7 @@ import importlib
 WEB_DIRECTORY = "./web"
 
 # nodes/<module>.py, each listing its V3 node classes in NODES.
-NODE_MODULES = ("text_cache", "light_vae")
+NODE_MODULES = ("text_cache", "light_vae", "sampler")
 
 
 async def comfy_entrypoint():

@@ -127,6 +127,8 @@ def _log_snr(sigma, flow):
     """lambda = log(alpha / sigma) with alpha = 1 (EPS, V) or 1 - sigma (flow)."""
     if sigma <= 0:
         return math.inf
+    if flow and sigma >= 1:
+        return -math.inf
     return math.log((1 - sigma) / sigma) if flow else -math.log(sigma)
 
 
@@ -303,16 +305,16 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
     while not all(r.done for r in rows):
         batch = [r for r in rows if not r.done] if o["drop_finished"] else rows
         sigma = torch.tensor([r.sigma_eval for r in batch], dtype=x.dtype, device=x.device)
+        evaluated = [r.out if r.done else r.x_eval for r in rows]
         denoised = model(torch.cat([r.x_eval for r in batch]), sigma, **extra_args)
         for r, d in zip(batch, denoised.split(1)):
             if not r.done:
                 r.receive(d)
         calls += 1
-        if callback is not None:
+        if callback is not None:   # k-diffusion's keys (one "step" per model call) plus per-sample progress
             latest = [r.out if r.done else r.points[0][0] if r.points else r.x_eval for r in rows]
-            callback({"x": torch.cat([r.out if r.done else r.x_eval for r in rows]), "i": calls - 1,
-                      "sigma": sigma.max(), "sigma_hat": sigma.max(), "denoised": torch.cat(latest),
-                      "nfe": [r.nfe for r in rows], "done": [r.done for r in rows]})
+            callback({"x": torch.cat(evaluated), "i": calls - 1, "sigma": sigma.max(), "sigma_hat": sigma.max(),
+                      "denoised": torch.cat(latest), "nfe": [r.nfe for r in rows], "done": [r.done for r in rows]})
     if o["info"] is not None:
         o["info"].update(_report(rows, sigmas, calls))
     return torch.cat([r.out for r in rows])
