@@ -258,7 +258,8 @@ def boot_for(args):
 
 # Sub-commands of `python <Sprint folder> ...`: name -> module of this pack with a
 # configure(parser) that adds its arguments and sets func(args) -> exit code.
-COMMANDS = {"run": "nodes.headless", "text-cache-bench": "nodes.speed_bench", "light-vae-bench": "nodes.speed_bench"}
+COMMANDS = {"run": "nodes.headless", "text-cache-bench": "nodes.speed_bench", "light-vae-bench": "nodes.speed_bench",
+            "bench-sampler": "nodes.sampler_bench"}
 
 
 def main(argv=None):
