@@ -270,7 +270,7 @@ class _Trajectory:
         frac = (lam - self.lam_first) / span if span > 0 else 1.0
         # a step onto the schedule's end shorter than half the last one adds nothing but noise
         near_end = len(self.points) > 1 and self.lam_end - lam < 0.5 * (lam - self.points[1][1])
-        if left <= 0 or near_end or (frac >= self.o["min_fraction"] and trunc <= self.stop_tol):
+        if left <= 0 or (frac >= self.o["min_fraction"] and (near_end or trunc <= self.stop_tol)):
             self.est_error = self.local_error + (trunc if math.isfinite(trunc) else 0.0)
             self._finish(final, lam)
         else:
