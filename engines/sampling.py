@@ -111,7 +111,7 @@ ADAPTIVE_DEFAULTS = {
     "min_fraction": 0.5,         # share of the schedule's log-SNR span to cover before an early stop
     "h_init": 0.1,               # first step in log-SNR; the controller grows it where it can
     "eta": 0.0,                  # > 0: DPM-Solver++ SDE steps with that much fresh noise
-    "s_noise": 1.0,
+    "s_noise": 1.0,              # scale of that noise
     "seed": 0,                   # noise seed (sample b uses seed + b, so batches do not matter)
     "flow": False,               # flow (CONST) models: alpha = 1 - sigma
     "drop_finished": True,       # leave settled samples out of later model calls
@@ -244,12 +244,11 @@ class _Trajectory:
         err = _rms(x_c - self.x_eval)             # Milne's device: corrector minus predictor
         h = self.lam_eval - self.lam
         k = min(len(self.points), self.o["order"])
-        tol = self.tol
-        factor = min(MAX_GROWTH, max(MAX_SHRINK, SAFETY * (tol / max(err, 1e-12)) ** (1 / (k + 1))))
+        factor = min(MAX_GROWTH, max(MAX_SHRINK, SAFETY * (self.tol / max(err, 1e-12)) ** (1 / (k + 1))))
         self.h = h * factor
         gap = self.lam_end - self.lam
         floor = gap / (left + 1) * (BUDGET_SHARE if self.to_zero else 1.0)
-        if err > REJECT * tol and left > 0 and self.h > floor:
+        if err > REJECT * self.tol and left > 0 and self.h > floor:
             self._propose()                                # rejected: retry a shorter step
             return
         self._accept(denoised, x_c, self.lam_eval, err, self.x_eval)
@@ -258,10 +257,9 @@ class _Trajectory:
         self.x, self.lam = x, lam
         self.points = [(denoised, lam, x_eval)] + self.points[: max(self.o["order"], 3) - 1]
         self.local_error += err
+        if not self.to_zero:                   # a partial solve runs to the schedule's end (_propose)
+            return self._propose()
         left = self.budget - self.nfe
-        if not self.to_zero:
-            if left > 0 or lam < self.lam_end:
-                return self._propose()
         # settled: the sigma = 0 extrapolation moved less than stop_tol over the last step
         final = jump_to_zero(x, self.points, self.flow)
         trunc = _rms(final - self.last_jump) if self.last_jump is not None else math.inf
