@@ -145,7 +145,8 @@ class GMMRunner:
         if path.exists():
             stats = torch.load(path)
         else:
-            out, calls = self(comfy.samplers.ksampler(name, options or {}), sigmas, rows)
+            sampler = comfy.samplers.ksampler(name, options) if options else comfy.samplers.sampler_object(name)
+            out, calls = self(sampler, sigmas, rows)
             s = Scored.of(label, out, ref, mix, [sum(calls) / len(calls)] * rows)
             stats = {"err": s.err, "calls": s.calls, "modes": s.modes}
             files.atomic_save(path, lambda tmp: torch.save(stats, tmp))
