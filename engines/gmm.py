@@ -126,7 +126,9 @@ class GaussianMixture:
         """D(x; sigma) = sum_k w_k [mu_k + F^-1 diag(lambda_k / (lambda_k + sigma^2)) F (x - mu_k)]."""
         w, gains, xhat = self._posterior(x, sigma, label)
         wg = w[..., None] * gains                                            # [B, K, F]
-        shrunk = xhat * wg.sum(1) - torch.einsum("bkf,kf->bf", wg.to(xhat.dtype), self.mean_hat.flatten(1))
+        shrunk = xhat * wg.sum(1)
+        for k, m in enumerate(self.mean_hat.flatten(1)):    # a complex einsum over k is ~2x slower
+            shrunk -= wg[:, k] * m
         mean = torch.einsum("bk,kchw->bchw", w, self.means)
         return mean + _irfft2(shrunk.reshape(xhat.shape[0], *self.mean_hat.shape[1:]), self.shape[-2:])
 

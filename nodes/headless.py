@@ -276,7 +276,7 @@ def boot_for(args):
 # configure(parser) that adds its arguments and sets func(args) -> exit code.
 COMMANDS = {"run": "nodes.headless", "text-cache-bench": "nodes.speed_bench", "light-vae-bench": "nodes.speed_bench",
             "bench-unet": "nodes.bench_unet", "bench-cfg": "nodes.bench_cfg", "bench-tiling": "nodes.bench_tiling",
-            "bench": "nodes.bench"}
+            "bench-sampler": "nodes.sampler_bench", "bench": "nodes.bench"}
 
 
 def main(argv=None):

@@ -1,0 +1,156 @@
+"""Sprint adaptive sampler: the engine's sample_adaptive as a ComfyUI SAMPLER, and a KSampler-like
+node that stops each image once it has settled and reports the model calls it saved.
+
+The step count (the schedule's sigmas) is a budget, never exceeded: an image stops early when its
+denoised prediction no longer moves, and jumps from there to sigma = 0.
+"""
+import comfy.model_management
+import comfy.model_sampling
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+from comfy_api.latest import io, ui
+
+from ..engines import sampling
+from . import common
+
+PRESETS = list(sampling.PRESETS)
+
+
+def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+    """sample_adaptive on ComfyUI's k-diffusion model wrapper: picks the flow (CONST) form from
+    the model, the eta noise seed from the prompt's seed, checks Cancel before every model call,
+    and keeps the whole batch in each call when a denoise mask (inpainting) is indexed by batch row."""
+    extra_args = {} if extra_args is None else extra_args
+    model_sampling = model.inner_model.inner_model.model_sampling
+    options.setdefault("flow", isinstance(model_sampling, comfy.model_sampling.CONST))
+    options.setdefault("seed", extra_args.get("seed") or 0)
+    if extra_args.get("denoise_mask") is not None:
+        options["drop_finished"] = False
+
+    def checked(x, sigma, **kwargs):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return model(x, sigma, **kwargs)
+    return sampling.sample_adaptive(checked, x, sigmas, extra_args, callback, disable, **options)
+
+
+def adaptive_sampler(preset="balanced", **options):
+    """The adaptive sampler as a comfy.samplers.KSAMPLER; `options` override the preset
+    (sampling.ADAPTIVE_DEFAULTS names them, e.g. tol, eta, min_fraction, info)."""
+    if preset not in sampling.PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return comfy.samplers.KSAMPLER(_sample, extra_options={"tol": sampling.PRESETS[preset], **options})
+
+
+def _options(preset, tolerance, eta=0.0):
+    options = {"tol": tolerance} if tolerance > 0 else {}
+    if eta > 0:
+        options["eta"] = eta
+    return preset, options
+
+
+PRESET_TOOLTIP = ("How hard each image is solved before it stops: draft (fewest model calls), balanced, "
+                  "quality (closest to a long exact solve).")
+TOLERANCE_TOOLTIP = ("Expert: the error allowed per step and in the settled result (RMS, latent units); "
+                     "0 uses the preset's (draft 0.03, balanced 0.01, quality 0.003).")
+
+
+class SprintAdaptiveSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SprintAdaptiveSampler",
+            display_name="Sprint Adaptive Sampler",
+            category="Sprint/sampling",
+            description=("An adaptive multistep DPM-Solver++ sampler for SamplerCustom / SamplerCustomAdvanced. "
+                         "The SIGMAS are a budget: each image takes its own step sizes from an embedded error "
+                         "estimate, stops once its result has settled and never uses more model calls than "
+                         "the schedule's step count."),
+            inputs=[
+                io.Combo.Input("preset", options=PRESETS, default="balanced", tooltip=PRESET_TOOLTIP),
+                io.Float.Input("tolerance", default=0.0, min=0.0, max=1.0, step=0.0005,
+                               tooltip=TOLERANCE_TOOLTIP),
+                io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fresh noise per step (SDE steps, seeded by the sampling seed); 0 is "
+                                       "the deterministic ODE, the only setting whose early stop is exact."),
+            ],
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def execute(cls, preset, tolerance, eta) -> io.NodeOutput:
+        preset, options = _options(preset, tolerance, eta)
+        return io.NodeOutput(adaptive_sampler(preset, **options))
+
+
+def _sigmas(model, scheduler, steps, denoise):
+    """The schedule KSampler would use (denoise < 1: the tail of a longer one)."""
+    total = steps if denoise >= 1 else int(steps / denoise)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
+    return sigmas[-(steps + 1):]
+
+
+def report(info):
+    """Stats of one run for the UI text and the frontend event."""
+    budget, calls = info["nfe_budget"], info["nfe_batch"]
+    return {"calls": calls, "budget": budget, "saved": budget - calls,
+            "sample_calls": info["nfe"].tolist(), "stop_step": int(info["stop_step"].max()),
+            "est_error": float(info["est_error"].max())}
+
+
+class SprintKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SprintKSampler",
+            display_name="Sprint KSampler (adaptive)",
+            category="Sprint/sampling",
+            description=("KSampler with Sprint's adaptive sampler: same seed, noise, scheduler and denoise as "
+                         "KSampler, but `steps` is a maximum: each image stops once it has settled. Shows the "
+                         "model calls used and saved."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model used for denoising the input latent."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="The random seed used for creating the noise (the same noise as KSampler)."),
+                io.Int.Input("steps", default=20, min=1, max=10000,
+                             tooltip="The most steps (model calls per image) to spend; images that settle "
+                                     "earlier stop there."),
+                io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale, as in KSampler."),
+                io.Combo.Input("preset", options=PRESETS, default="balanced", tooltip=PRESET_TOOLTIP),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="karras",
+                               tooltip="The noise schedule the step budget is laid on."),
+                io.Conditioning.Input("positive", tooltip="What to include in the image."),
+                io.Conditioning.Input("negative", tooltip="What to exclude from the image."),
+                io.Latent.Input("latent_image", tooltip="The latent image to denoise."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="How much of the schedule to run (below 1: img2img from the input latent)."),
+            ],
+            outputs=[io.Latent.Output(tooltip="The denoised latent.")],
+        )
+
+    @classmethod
+    def execute(cls, model, seed, steps, cfg, preset, scheduler, positive, negative, latent_image,
+                denoise) -> io.NodeOutput:
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        out = dict(latent_image)
+        sigmas = _sigmas(model, scheduler, steps, denoise)
+        if len(sigmas) < 2:
+            out["samples"] = latent
+            return io.NodeOutput(out, ui=ui.PreviewText("denoise 0: nothing to sample"))
+        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
+        info = {}
+        callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
+        out["samples"] = comfy.sample.sample_custom(
+            model, noise, cfg, adaptive_sampler(preset, info=info), sigmas, positive, negative, latent,
+            noise_mask=latent_image.get("noise_mask"), callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        stats = report(info)
+        common.send_event("sampler", stats)
+        text = (f"{stats['calls']} of {stats['budget']} model calls ({stats['saved']} saved), "
+                f"stopped at step {stats['stop_step']}, estimated error {stats['est_error']:.2g}")
+        return io.NodeOutput(out, ui=ui.PreviewText(text))
+
+
+NODES = [SprintAdaptiveSampler, SprintKSampler]

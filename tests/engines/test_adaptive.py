@@ -1,0 +1,158 @@
+"""sample_adaptive: order, budget, per-sample independence, parametrisations, img2img, noise."""
+import math
+
+import pytest
+import torch
+
+from sprint.engines import evaluation, gmm as G, sampling
+
+SIGMA_MAX, SIGMA_MIN = 14.6, 0.03
+
+
+def k1(rows=2, shape=(4, 16, 16)):
+    mix = G.GaussianMixture.image_like(shape=shape, components=1, seed=5)
+    noise = torch.randn((rows,) + shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return mix, mix.means[0] + SIGMA_MAX * noise
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    return G.GaussianMixture.image_like(shape=(4, 16, 16), components=8, seed=3)
+
+
+def x_T(rows, seed=1, shape=(4, 16, 16)):
+    return SIGMA_MAX * torch.randn((rows,) + shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def solve(denoise, x, sigmas, **options):
+    model = evaluation.CountingModel(denoise)
+    info = {}
+    out = sampling.sample_adaptive(model, x, sigmas, info=info, **options)
+    return out, info, model
+
+
+def test_converges_with_high_order_on_the_closed_form():
+    """To sigma_min (no early stop): error follows the tolerance, and calls grow like a high-order
+    method's (a 1st-order method needs 10x the steps for 10x less error)."""
+    mix, x = k1()
+    sigmas = sampling.get_sigmas_karras(400, SIGMA_MIN, SIGMA_MAX)[:-1]
+    exact = mix.single_gaussian_flow(x, SIGMA_MAX, SIGMA_MIN)
+    runs = {tol: solve(mix.denoise, x, sigmas, tol=tol) for tol in (1e-2, 1e-3, 1e-4)}
+    errors = {tol: evaluation.rmse(out, exact).max().item() for tol, (out, _, _) in runs.items()}
+    calls = {tol: info["nfe"].max().item() for tol, (_, info, _) in runs.items()}
+    assert errors[1e-4] < errors[1e-3] < errors[1e-2] < 1e-2, errors
+    assert errors[1e-2] / errors[1e-4] > 10, errors
+    assert calls[1e-4] / calls[1e-2] < 100 ** (1 / 2.5), calls      # effective order > 1.5
+    # and to sigma = 0 through the final jump: the closed form at 0 within the tolerance
+    out, info, _ = solve(mix.denoise, x, sampling.get_sigmas_karras(30, SIGMA_MIN, SIGMA_MAX), tol=1e-3)
+    assert evaluation.rmse(out, mix.single_gaussian_flow(x, SIGMA_MAX, 0.0)).max() < 3e-3
+
+
+@pytest.mark.parametrize("steps,end", [(6, 0.0), (10, 0.0), (20, 0.0), (8, 0.5)])
+def test_never_exceeds_the_budget(mixture, steps, end):
+    sigmas = sampling.get_sigmas_karras(steps, max(end, SIGMA_MIN), SIGMA_MAX)
+    if end > 0:
+        sigmas = sigmas[:-1]
+    for tol in (1e-6, 1e-2):
+        out, info, model = solve(mixture.denoise, x_T(5), sigmas, tol=tol)
+        assert model.calls <= steps and info["nfe_batch"] == model.calls
+        assert info["nfe"].max() <= steps and model.rows == info["nfe"].sum()
+        assert torch.isfinite(out).all()
+    assert info["nfe_budget"] == len(sigmas) - 1
+
+
+def test_batch_rows_are_independent_and_deterministic(mixture):
+    sigmas = sampling.get_sigmas_karras(20, SIGMA_MIN, SIGMA_MAX)
+    x = x_T(4, seed=2)
+    out, info, _ = solve(mixture.denoise, x, sigmas)
+    again, _, _ = solve(mixture.denoise, x, sigmas)
+    assert torch.equal(out, again)
+    assert info["nfe"].min() < info["nfe"].max() or info["nfe"].max() < 20   # stops differ or are early
+    for b in range(4):
+        alone, info_b, _ = solve(mixture.denoise, x[b:b + 1], sigmas)
+        assert info_b["nfe"].item() == info["nfe"][b].item()
+        assert torch.allclose(alone[0], out[b], atol=1e-9)
+        # a row next to different batch mates: the same result
+        mates, info_m, _ = solve(mixture.denoise, torch.cat([x_T(2, seed=9), x[b:b + 1]]), sigmas)
+        assert torch.allclose(mates[-1], out[b], atol=1e-9) and info_m["nfe"][-1] == info["nfe"][b]
+
+
+def test_finished_rows_leave_the_batch_and_never_change(mixture):
+    sigmas = sampling.get_sigmas_karras(20, SIGMA_MIN, SIGMA_MAX)
+    seen = []
+    out, info, model = solve(mixture.denoise, x_T(4, seed=4), sigmas,
+                             callback=lambda d: seen.append((d["done"], d["x"].clone(), d["nfe"])))
+    for (done, _, _), (_, x, nfe) in zip(seen, seen[1:]):     # done at one call: unchanged at the next
+        for b in range(4):
+            if done[b]:
+                assert torch.equal(x[b], out[b]) and nfe[b] == info["nfe"][b]
+    assert model.rows == info["nfe"].sum() < 4 * model.calls or info["nfe"].min() == info["nfe"].max()
+    kept, info_kept, model_kept = solve(mixture.denoise, x_T(4, seed=4), sigmas, drop_finished=False)
+    assert torch.allclose(kept, out, atol=1e-9) and model_kept.rows == 4 * model_kept.calls
+
+
+def test_early_stop_respects_min_fraction(mixture):
+    sigmas = sampling.get_sigmas_karras(20, SIGMA_MIN, SIGMA_MAX)
+    _, loose, _ = solve(mixture.denoise, x_T(3), sigmas, tol=0.1, min_fraction=0.0)
+    _, strict, _ = solve(mixture.denoise, x_T(3), sigmas, tol=0.1, min_fraction=1.0)
+    # only the budget running out stops a sample before it has covered min_fraction of the schedule
+    assert torch.allclose(strict["sigma_stop"][strict["nfe"] < 20], sigmas[-2])
+    assert (loose["nfe"] <= strict["nfe"]).all() and (loose["sigma_stop"] > sigmas[-2] * 1.5).all()
+
+
+def flow_denoiser(mix):
+    """The flow (CONST) form of the same ODE: x_flow = (1 - s) x_edm at sigma_edm = s / (1 - s)."""
+    def denoise(x, s):
+        s = torch.as_tensor(s, dtype=torch.float64).reshape(-1)
+        keep = (1 - s).clamp(min=1e-9)
+        return mix.denoise(x / keep.reshape(-1, 1, 1, 1), s / keep)
+    return denoise
+
+
+def test_flow_matches_the_edm_solution():
+    mix, _ = k1()
+    noise = torch.randn((2,) + mix.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    t = torch.linspace(1, 0, 21, dtype=torch.float64)          # "simple" flow schedule from pure noise
+    out, info, _ = solve(flow_denoiser(mix), noise, t, flow=True, tol=1e-3)
+    exact = mix.single_gaussian_flow(mix.means[0] + 1e6 * noise, 1e6, 0.0)    # sigma = 1 is sigma_edm = inf
+    assert info["nfe"].max() <= 20
+    assert evaluation.rmse(out, exact).max() < 5e-3
+    # EPS and V-prediction models share the k-diffusion form (x = x0 + sigma n): the default path
+    out_edm, _, _ = solve(mix.denoise, mix.means[0] + SIGMA_MAX * noise, sampling.get_sigmas_karras(20, SIGMA_MIN, SIGMA_MAX), tol=1e-3)
+    assert evaluation.rmse(out_edm, mix.single_gaussian_flow(mix.means[0] + SIGMA_MAX * noise, SIGMA_MAX, 0)).max() < 5e-3
+
+
+@pytest.mark.parametrize("start", [5, 12])
+def test_img2img_schedules(start):
+    """Schedules starting below sigma_max (denoise < 1) and ending above 0 (a partial solve)."""
+    mix, x = k1()
+    full = sampling.get_sigmas_karras(20, SIGMA_MIN, SIGMA_MAX)
+    tail = full[start:]
+    x_mid = mix.single_gaussian_flow(x, SIGMA_MAX, float(tail[0]))
+    out, info, _ = solve(mix.denoise, x_mid, tail, tol=1e-3)
+    assert info["nfe"].max() <= len(tail) - 1
+    assert evaluation.rmse(out, mix.single_gaussian_flow(x, SIGMA_MAX, 0.0)).max() < 5e-3
+    middle = full[start:-4]                                          # ends at a sigma > 0: no jump
+    out, info, _ = solve(mix.denoise, x_mid, middle, tol=1e-3)
+    assert info["nfe"].max() <= len(middle) - 1 and torch.allclose(info["sigma_stop"], middle[-1])
+    assert evaluation.rmse(out, mix.single_gaussian_flow(x, SIGMA_MAX, float(middle[-1]))).max() < 5e-3
+
+
+def test_eta_noise_is_seeded_per_row(mixture):
+    sigmas = sampling.get_sigmas_karras(12, SIGMA_MIN, SIGMA_MAX)
+    x = x_T(2)
+    a, _, _ = solve(mixture.denoise, x, sigmas, eta=1.0, seed=7)
+    b, _, _ = solve(mixture.denoise, x, sigmas, eta=1.0, seed=7)
+    c, _, _ = solve(mixture.denoise, x, sigmas, eta=1.0, seed=8)
+    ode, _, _ = solve(mixture.denoise, x, sigmas)
+    assert torch.equal(a, b) and not torch.allclose(a, c) and not torch.allclose(a, ode)
+    assert torch.isfinite(a).all() and evaluation.rmse(a, ode).max() < 2.0
+
+
+def test_rejects_bad_options(mixture):
+    sigmas = sampling.get_sigmas_karras(4, SIGMA_MIN, SIGMA_MAX)
+    with pytest.raises(TypeError, match="unknown options"):
+        sampling.sample_adaptive(mixture.denoise, x_T(1), sigmas, tolerance=0.1)
+    with pytest.raises(ValueError):
+        sampling.sample_adaptive(mixture.denoise, x_T(1), sigmas, tol=0)
+    assert math.isclose(sampling.PRESETS["balanced"], sampling.ADAPTIVE_DEFAULTS["tol"])
