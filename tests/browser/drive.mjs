@@ -133,8 +133,11 @@ try {
         api.addEventListener("execution_error", (e) => resolve({ ok: false, detail: e.detail }));
         setTimeout(() => resolve({ ok: false, detail: "timed out" }), timeout_ms);
       });
-      const queued = await app.queuePrompt(0, 1);   // false: the server refused it (node errors)
-      const outcome = queued ? await done : { ok: false, detail: "refused by the server (see the page's error dialog)" };
+      // queuePrompt's return value is not a reliable "accepted" in frontend 1.27 (it can be false for an
+      // accepted prompt while another is being queued): refusal is what the server reports as node errors.
+      await app.queuePrompt(0, 1);
+      const errors = app.lastNodeErrors && Object.keys(app.lastNodeErrors).length ? app.lastNodeErrors : null;
+      const outcome = errors ? { ok: false, detail: `refused by the server: ${JSON.stringify(errors)}` } : await done;
       // Show the sampler, draw, and read the canvas where its badge says it was drawn.
       app.canvas.centerOnNode?.(sampler);
       app.canvas.setDirty(true, true);
