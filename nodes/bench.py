@@ -17,6 +17,7 @@ import json
 import statistics
 import time
 
+from .bench_tiling import PeakMemory
 from .headless import PACK_ROOT, boot_for, provide_checkpoint, provide_light_decoder, stock_txt2img
 
 WORKFLOWS = PACK_ROOT / "workflows" / "api"
@@ -106,38 +107,6 @@ class UNetCalls:
     def take(self):
         counts, (self.calls, self.rows) = (self.calls, self.rows), (0, 0)
         return counts
-
-
-class PeakMemory:
-    """Peak memory of a block above its start: torch's peak allocation on CUDA, else the growth of
-    the process's peak resident set (VmHWM, reset through /proc/self/clear_refs; Linux)."""
-
-    def __init__(self, cuda):
-        self.cuda = cuda
-        self.method = "torch.cuda peak allocation" if cuda else "peak RSS (VmHWM) growth"
-
-    @staticmethod
-    def status(field):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
-
-    def __enter__(self):
-        import torch
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.start = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            self.start = self.status("VmRSS")
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        return self
-
-    def __exit__(self, *exc):
-        import torch
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.peak = (torch.cuda.max_memory_allocated() if self.cuda else self.status("VmHWM")) - self.start
 
 
 def rmse(a, b):

@@ -80,9 +80,36 @@ def evaluate(model, size, cond):
                                torch.tensor([1.0, 0.0]), cond, cond, latent, disable_pbar=True, seed=0)
 
 
-def _status(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+class PeakMemory:
+    """Peak memory of a block above its start: torch's peak allocation on CUDA, else the growth of
+    the process's peak resident set (VmHWM, reset through /proc/self/clear_refs; Linux)."""
+
+    def __init__(self, cuda):
+        self.cuda = cuda
+        self.method = "torch.cuda peak allocation" if cuda else "peak RSS (VmHWM) growth"
+
+    @staticmethod
+    def status(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+    def __enter__(self):
+        import torch
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.start = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.start = self.status("VmRSS")
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.peak = (torch.cuda.max_memory_allocated() if self.cuda else self.status("VmHWM")) - self.start
 
 
 def measure(args):
@@ -99,22 +126,13 @@ def measure(args):
     evaluate(model, 16, cond)                    # loads the model and initialises kernels
     gc.collect()
     cuda = torch.cuda.is_available() and not isinstance(model.load_device, str) and model.load_device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        baseline = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        baseline = _status("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")                         # resets VmHWM to the current RSS
     start = time.perf_counter()
-    evaluate(model, size, cond)
-    if cuda:
-        torch.cuda.synchronize()
+    with PeakMemory(cuda) as memory:       # its exit synchronises CUDA, so the time is complete
+        evaluate(model, size, cond)
     seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")) - baseline
+    peak, baseline = memory.peak, memory.start
     print(json.dumps({"size": size, "mode": mode, "peak_bytes": peak, "seconds": seconds, "baseline_bytes": baseline,
-                      "method": "torch.cuda peak allocation" if cuda else "peak RSS (VmHWM) growth"}))
+                      "method": memory.method}))
     return 0
 
 
