@@ -52,8 +52,9 @@ def _options(preset, tolerance, eta=0.0):
 
 PRESET_TOOLTIP = ("How hard each image is solved before it stops: draft (fewest model calls), balanced, "
                   "quality (closest to a long exact solve).")
-TOLERANCE_TOOLTIP = ("Expert: the error allowed per step and in the settled result (RMS, latent units); "
-                     "0 uses the preset's (draft 0.03, balanced 0.01, quality 0.003).")
+TOLERANCE_TOOLTIP = ("Expert: the error allowed per step (RMS, latent units; the settled result gets a quarter "
+                     "of it); 0 uses the preset's ("
+                     + ", ".join(f"{name} {tol:g}" for name, tol in sampling.PRESETS.items()) + ").")
 
 
 class SprintAdaptiveSampler(io.ComfyNode):

@@ -93,8 +93,8 @@ def test_finished_rows_leave_the_batch_and_never_change(mixture):
 
 def test_early_stop_respects_min_fraction(mixture):
     sigmas = sampling.get_sigmas_karras(20, SIGMA_MIN, SIGMA_MAX)
-    _, loose, _ = solve(mixture.denoise, x_T(3), sigmas, tol=0.1, min_fraction=0.0)
-    _, strict, _ = solve(mixture.denoise, x_T(3), sigmas, tol=0.1, min_fraction=1.0)
+    _, loose, _ = solve(mixture.denoise, x_T(3), sigmas, tol=0.1, stop_tol=0.1, min_fraction=0.0)
+    _, strict, _ = solve(mixture.denoise, x_T(3), sigmas, tol=0.1, stop_tol=0.1, min_fraction=1.0)
     # only the budget running out stops a sample before it has covered min_fraction of the schedule
     assert torch.allclose(strict["sigma_stop"][strict["nfe"] < 20], sigmas[-2])
     assert (loose["nfe"] <= strict["nfe"]).all() and (loose["sigma_stop"] > sigmas[-2] * 1.5).all()
