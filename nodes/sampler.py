@@ -64,7 +64,8 @@ class SprintAdaptiveSampler(io.ComfyNode):
             node_id="SprintAdaptiveSampler",
             display_name="Sprint Adaptive Sampler",
             category="Sprint/sampling",
-            description=("An adaptive multistep DPM-Solver++ sampler for SamplerCustom / SamplerCustomAdvanced. "
+            description=("An adaptive multistep sampler (4th-order Adams predictor-corrector) for SamplerCustom / "
+                         "SamplerCustomAdvanced. "
                          "The SIGMAS are a budget: each image takes its own step sizes from an embedded error "
                          "estimate, stops once its result has settled and never uses more model calls than "
                          "the schedule's step count."),
