@@ -54,7 +54,9 @@ PRESET_TOOLTIP = ("How hard each image is solved before it stops: draft (fewest 
                   "quality (closest to a long exact solve).")
 TOLERANCE_TOOLTIP = ("Expert: the error allowed per step (RMS, latent units; the settled result gets a quarter "
                      "of it); 0 uses the preset's ("
-                     + ", ".join(f"{name} {tol:g}" for name, tol in sampling.PRESETS.items()) + ").")
+                     + ", ".join(f"{name} {tol:g}" for name, tol in sampling.PRESETS.items())
+                     + "). At most draft's: looser ones stop so early that a fixed schedule of that length is as "
+                       "good; for fewer calls give fewer steps.")
 
 
 class SprintAdaptiveSampler(io.ComfyNode):
@@ -71,7 +73,7 @@ class SprintAdaptiveSampler(io.ComfyNode):
                          "the schedule's step count."),
             inputs=[
                 io.Combo.Input("preset", options=PRESETS, default="balanced", tooltip=PRESET_TOOLTIP),
-                io.Float.Input("tolerance", default=0.0, min=0.0, max=1.0, step=0.0005,
+                io.Float.Input("tolerance", default=0.0, min=0.0, max=sampling.MAX_TOL, step=0.0005,
                                tooltip=TOLERANCE_TOOLTIP),
                 io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Fresh noise per step (SDE steps, seeded by the sampling seed); 0 is "

@@ -48,6 +48,27 @@ def test_converges_with_high_order_on_the_closed_form():
     assert evaluation.rmse(out, mix.single_gaussian_flow(x, SIGMA_MAX, 0.0)).max() < 3e-3
 
 
+def test_a_binding_budget_is_spread_evenly(mixture):
+    """Given fewer calls than its tolerance wants, the sampler uses them all on steps that grow
+    gently in log-SNR, its last call near the schedule's end (not far above it, leaving a long
+    final jump), and errs less than DPM-Solver++(2M) on the budget's own schedule."""
+    sigmas = sampling.get_sigmas_karras(7, SIGMA_MIN, SIGMA_MAX)
+    x = x_T(16)
+    exact = evaluation.reference_solution(mixture.denoise, x, SIGMA_MAX, 0.0, steps=800)
+    evaluated = []
+
+    def denoise(x, sigma):
+        evaluated.append(float(sigma[0]))
+        return mixture.denoise(x, sigma)
+    out, info, _ = solve(denoise, x, sigmas, tol=1e-3)
+    assert (info["nfe"] == 7).all()
+    steps = -torch.tensor(evaluated).log().diff()         # log-SNR steps between calls
+    assert (steps.diff() >= 0).all() and steps[-1] < 1.5 * steps[0], steps
+    assert evaluated[-1] < 3 * float(sigmas[-2]), evaluated
+    dpmpp = sampling.sample_dpmpp_multistep(mixture.denoise, x, sigmas, order=2)
+    assert evaluation.rmse(out, exact).mean() < evaluation.rmse(dpmpp, exact).mean()
+
+
 @pytest.mark.parametrize("steps,end", [(6, 0.0), (10, 0.0), (20, 0.0), (8, 0.5)])
 def test_never_exceeds_the_budget(mixture, steps, end):
     sigmas = sampling.get_sigmas_karras(steps, max(end, SIGMA_MIN), SIGMA_MAX)
@@ -155,4 +176,6 @@ def test_rejects_bad_options(mixture):
         sampling.sample_adaptive(mixture.denoise, x_T(1), sigmas, tolerance=0.1)
     with pytest.raises(ValueError):
         sampling.sample_adaptive(mixture.denoise, x_T(1), sigmas, tol=0)
+    with pytest.raises(ValueError, match="shorter schedule"):
+        sampling.sample_adaptive(mixture.denoise, x_T(1), sigmas, tol=sampling.MAX_TOL * 1.01)
     assert math.isclose(sampling.PRESETS["balanced"], sampling.ADAPTIVE_DEFAULTS["tol"])

@@ -142,5 +142,5 @@ def test_bench_sampler_toy_run(host, tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout
-    for needle in ("ipndm", "sprint", "mode agreement", "calibration", "KSampler"):
+    for needle in ("ipndm", "sprint", "mode agreement", "calibration", "binding budget", "KSampler"):
         assert needle in out, (needle, out[-3000:])
