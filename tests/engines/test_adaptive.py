@@ -69,6 +69,17 @@ def test_a_binding_budget_is_spread_evenly(mixture):
     assert evaluation.rmse(out, exact).mean() < evaluation.rmse(dpmpp, exact).mean()
 
 
+def test_estimated_error_bounds_the_real_one_closely(mixture):
+    """The reported estimate (Milne's local errors plus the last settle step) is an upper bound of
+    the real error for most samples, within a small factor (the raw gaps: ~14x more)."""
+    x = x_T(16)
+    exact = evaluation.reference_solution(mixture.denoise, x, SIGMA_MAX, 0.0, steps=800)
+    for tol in (0.015, 0.05, 0.15):
+        out, info, _ = solve(mixture.denoise, x, sampling.get_sigmas_karras(20, SIGMA_MIN, SIGMA_MAX), tol=tol)
+        ratio = info["est_error"] / evaluation.rmse(out, exact)
+        assert (ratio >= 1).float().mean() >= 0.75 and ratio.median() < 20, (tol, ratio)
+
+
 @pytest.mark.parametrize("steps,end", [(6, 0.0), (10, 0.0), (20, 0.0), (8, 0.5)])
 def test_never_exceeds_the_budget(mixture, steps, end):
     sigmas = sampling.get_sigmas_karras(steps, max(end, SIGMA_MIN), SIGMA_MAX)
