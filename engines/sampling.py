@@ -138,7 +138,7 @@ MAX_TOL = PRESETS["draft"]
 # The first step is Euler's (one point), local error ~ h^2, so h ~ sqrt(tol) (the starting step
 # of Hairer, Norsett & Wanner II.4 without its extra model call). The constant is from development
 # seeds: at sigma_max the noise prediction is nearly constant, so the first step can be long, and a
-# short one costs loose tolerances a whole call (tol 0.2: 7 calls, 2.5e-2 RMSE vs 2.8e-2 with 1.34).
+# short one costs loose tolerances a whole call (tol 0.2, before MAX_TOL: 7 calls, 2.5e-2 RMSE vs 2.8e-2 with 1.34).
 FIRST_STEP = 1.7
 # The settled-x0 test is stricter than the per-step tolerance: the final jump's error is not
 # corrected by later steps, and stopping early is worth less than a call spent well (development

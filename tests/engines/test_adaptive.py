@@ -48,7 +48,7 @@ def test_converges_with_high_order_on_the_closed_form():
     assert evaluation.rmse(out, mix.single_gaussian_flow(x, SIGMA_MAX, 0.0)).max() < 3e-3
 
 
-def test_a_binding_budget_is_spread_evenly(mixture):
+def test_a_binding_budget_is_spent_up_to_its_end(mixture):
     """Given fewer calls than its tolerance wants, the sampler uses them all on steps that grow
     gently in log-SNR, its last call near the schedule's end (not far above it, leaving a long
     final jump), and errs less than DPM-Solver++(2M) on the budget's own schedule."""
