@@ -8,7 +8,7 @@ import importlib
 WEB_DIRECTORY = "./web"
 
 # nodes/<module>.py, each listing its V3 node classes in NODES.
-NODE_MODULES = ("text_cache", "light_vae", "sampler", "dynamic_cfg", "tiled_diffusion", "two_stage", "accelerate")
+NODE_MODULES = ("prompt_cache", "light_vae", "sampler", "dynamic_cfg", "tiled_diffusion", "two_stage", "accelerate")
 
 
 async def comfy_entrypoint():

@@ -5,9 +5,11 @@ The reference solves the probability-flow ODE of a known denoiser from the same 
 agrees to < 1e-5 RMSE. A sampler that stops early at sigma_stop > 0 is scored against the
 sigma = 0 reference, so its truncation error counts.
 """
+import math
+
 import torch
 
-from .sampling import get_sigmas_exponential, sample_dpmpp_multistep
+from .sampling import sample_dpmpp_multistep
 
 REFERENCE_STEPS = 1500
 REFERENCE_TOLERANCE = 1e-5
@@ -23,8 +25,9 @@ def rmse(x, ref):
     return (x.to(torch.float64) - ref.to(torch.float64)).pow(2).flatten(1).mean(1).sqrt()
 
 
-def max_abs(x, ref):
-    return (x.to(torch.float64) - ref.to(torch.float64)).abs().flatten(1).amax(1)
+def relative_error(x, ref):
+    """|x - ref| / |ref| over the whole tensor (L2), e.g. an engine's output against PyTorch's."""
+    return ((x.to(torch.float64) - ref.to(torch.float64)).norm() / ref.to(torch.float64).norm()).item()
 
 
 def summarize(values):
@@ -51,21 +54,35 @@ class CountingModel:
         return self.model(x, sigma, **kwargs)
 
 
-def reference_solution(denoise, x, sigma_from, sigma_to=0.0, steps=REFERENCE_STEPS, check=True, **extra_args):
-    """The ODE solution at sigma_to from x at sigma_from, in float64, checked against 2x finer steps."""
-    def solve(n):
-        floor = sigma_to if sigma_to > 0 else SIGMA_FLOOR
-        sigmas = get_sigmas_exponential(n, floor, sigma_from)
-        if sigma_to > 0:
-            sigmas = sigmas[:-1]
-        return sample_dpmpp_multistep(denoise, x.to(torch.float64), sigmas, extra_args=extra_args)
+def reference_grid(sigma_from, sigma_to, steps):
+    """`steps` noise levels from sigma_from to sigma_to (then 0 when sigma_to is 0, from SIGMA_FLOOR),
+    uniform in log-SNR but tapered so the steps shrink 20x at both ends: on a uniform grid the
+    first-order start step at sigma_max dominates the error (2x finer moved a 1500-step 4x64x64
+    solve by 7.8e-5 RMSE); the taper cuts that ~100x at equal steps."""
+    u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    lam0, lam1 = -math.log(sigma_from), -math.log(sigma_to if sigma_to > 0 else SIGMA_FLOOR)
+    sigmas = torch.exp(-(lam0 + (lam1 - lam0) * (u - 0.95 * torch.sin(2 * math.pi * u) / (2 * math.pi))))
+    return sigmas if sigma_to > 0 else torch.cat([sigmas, sigmas.new_zeros(1)])
 
-    ref = solve(steps)
+
+def reference_solution(denoise, x, sigma_from, sigma_to=0.0, steps=REFERENCE_STEPS, check=True, **extra_args):
+    """The ODE solution at sigma_to from x at sigma_from: a 3rd-order multistep solve in float64
+    on reference_grid, checked against 2x finer steps (check_reference) unless check=False."""
+    ref = sample_dpmpp_multistep(denoise, x.to(torch.float64), reference_grid(sigma_from, sigma_to, steps),
+                                 extra_args=extra_args)
     if check:
-        gap = rmse(solve(2 * steps), ref).max().item()
-        if not gap < REFERENCE_TOLERANCE:
-            raise ReferenceError(f"reference not converged: 2x finer solve differs by RMSE {gap:.3g}")
+        check_reference(denoise, x, ref, sigma_from, sigma_to, steps, **extra_args)
     return ref
+
+
+def check_reference(denoise, x, ref, sigma_from, sigma_to=0.0, steps=REFERENCE_STEPS, **extra_args):
+    """The RMSE between `ref` and a 2x finer solve of the same rows; raises ReferenceError above
+    REFERENCE_TOLERANCE."""
+    finer = reference_solution(denoise, x, sigma_from, sigma_to, 2 * steps, check=False, **extra_args)
+    gap = rmse(finer, ref).max().item()
+    if not gap < REFERENCE_TOLERANCE:
+        raise ReferenceError(f"reference not converged: 2x finer solve differs by RMSE {gap:.3g}")
+    return gap
 
 
 def piecewise_reference(denoise, x, sigma_from, sigma_to=0.0, breaks=(), steps=100, max_steps=12800, **extra_args):

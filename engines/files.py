@@ -35,31 +35,15 @@ else:
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode="wb"):
-    """Write to a temp file beside `path`, fsync, then rename over it; nothing half-written."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_save(path, save):
-    """Atomically create `path` through a writer that wants a file name: save(tmp_path)."""
+def _temp_beside(path):
+    """A temp file name beside `path`, renamed over it when the block succeeds (after an fsync),
+    removed when it fails: `path` is either the complete new file or what it was before."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     os.close(fd)
     try:
-        save(tmp)
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -67,6 +51,19 @@ def atomic_save(path, save):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Write to a temp file beside `path`, fsync, then rename over it; nothing half-written."""
+    with _temp_beside(path) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def atomic_save(path, save):
+    """Atomically create `path` through a writer that wants a file name: save(tmp_path)."""
+    with _temp_beside(path) as tmp:
+        save(tmp)
 
 
 @contextlib.contextmanager

@@ -104,7 +104,7 @@ class DiskStore:
                 raise ValueError("key, format or content digest mismatch")
             skeleton = json.loads(meta["skeleton"])
         except Exception as e:     # truncated, bit-flipped, foreign: a miss, rewritten by the next put
-            log.warning("Sprint text cache: ignoring unreadable entry %s (%s)", path.name, e)
+            log.warning("Sprint prompt cache: ignoring unreadable entry %s (%s)", path.name, e)
             return None
         self._touched[key] = time.time()
         return tensors, skeleton
@@ -123,7 +123,7 @@ class DiskStore:
                 self._write(entries)
         except OSError as e:       # ENOSPC, EDQUOT, EROFS, EACCES: keep generating, memory-only
             self.disabled = f"{type(e).__name__}: {e}"
-            log.warning("Sprint text cache: disk store %s disabled, continuing memory-only (%s)", self.folder, self.disabled)
+            log.warning("Sprint prompt cache: disk store %s disabled, continuing memory-only (%s)", self.folder, self.disabled)
 
     def _entries(self):
         """The index reconciled with the folder: vanished files dropped, unindexed ones adopted,
@@ -133,7 +133,7 @@ class DiskStore:
         except FileNotFoundError:
             entries = {}
         except (ValueError, KeyError, TypeError) as e:
-            log.warning("Sprint text cache: rebuilding unreadable index in %s (%s)", self.folder, e)
+            log.warning("Sprint prompt cache: rebuilding unreadable index in %s (%s)", self.folder, e)
             entries = {}
         found = {}
         for item in os.scandir(self.folder):

@@ -15,7 +15,6 @@ the PyTorch UNet, which stays loaded for the fallbacks; evicting it releases the
 """
 import functools
 import logging
-import uuid
 
 import torch
 
@@ -27,17 +26,16 @@ import comfy.sample
 from comfy_api.latest import io, ui
 
 from . import common
-from ..engines import ort_runtime, tensorrt_runtime, unet_engine
-from ..engines.artifact_store import ArtifactError, ArtifactStore, read
 from ..engines.files import digest
-from ..engines.onnx_export import ShapeProfile, export_unet
-from ..engines.quantize import CalibrationSet
+from ..engines.unet import build as chain, ort
+from ..engines.unet.artifacts import ArtifactError, ArtifactStore, read
+from ..engines.unet.export import ShapeProfile, export_unet
+from ..engines.unet.int8 import CalibrationSet
 
 log = logging.getLogger("sprint")
 
 FOLDER = "sprint_engines"
 KEY = "sprint.accelerate"
-SLOTS = {}          # uuid -> Slot; model_options carry only the uuid (they are deep-copied)
 
 
 def store():
@@ -50,24 +48,11 @@ def _plain_attention(func, *args, **kwargs):
     return comfy.ldm.modules.attention.attention_pytorch(*args, **kwargs)
 
 
-def resolve(backend, torch_device):
-    """(backend, device) to run, or raise RuntimeMissing naming the package to install."""
-    torch_device = torch.device(torch_device)
-    if backend == "auto":
-        if torch_device.type == "cuda" and tensorrt_runtime.available():
-            return "tensorrt", torch_device
-        backend = "onnxruntime"
-    if backend == "tensorrt":
-        tensorrt_runtime.require()
-        return "tensorrt", torch_device
-    ort_runtime.require()
-    if torch_device.type != "cpu":
-        ort_runtime.providers(torch_device)      # raises without onnxruntime-gpu
-    return "onnxruntime", torch_device
-
-
 class Slot:
-    """The live side of one accelerated MODEL: settings, the loaded engine, the run's key."""
+    """The live side of one accelerated MODEL: settings, the loaded engine, the run's key.
+
+    Held by the MODEL's own wrappers and its EnginePatcher (ModelPatcher.clone copies wrapper
+    lists, not their contents), so it lives and is released with the models that use it."""
 
     def __init__(self, backend, precision, profile):
         self.backend, self.precision, self.profile = backend, precision, profile
@@ -96,27 +81,25 @@ class Slot:
     def begin_run(self, patcher):
         """Key the run on the weights the sampler will use (base + patches/LoRA)."""
         config = patcher.model.model_config.unet_config
-        levels = len(config.get("channel_mult", ())) or 1
-        self.arch = {"in_channels": config.get("in_channels", 4), "context_dim": config.get("context_dim"),
-                     "y_dim": config.get("adm_in_channels") if config.get("num_classes") == "sequential" else None}
-        self.profile = ShapeProfile.from_dict({**self.profile.as_dict(), "multiple": 2 ** (levels - 1)})
+        self.arch, multiple = chain.describe(config)
+        self.profile = ShapeProfile.from_dict({**self.profile.as_dict(), "multiple": multiple})
         self.run_reason = self.key = None
         if any(k.startswith("diffusion_model.") for k in patcher.object_patches):
             self.run_reason = "object patches replace parts of the UNet"
             return
         try:
-            backend, device = resolve(self.backend, patcher.load_device)
+            backend, device = chain.resolve(self.backend, patcher.load_device)
             self.device = device
-            key = unet_engine.make_key(common.patcher_fingerprint(patcher, "diffusion_model."), digest(config),
+            key = chain.make_key(common.patcher_fingerprint(patcher, "diffusion_model."), digest(config),
                                        self.profile, self.precision, backend, device)
-        except ort_runtime.RuntimeMissing as e:
+        except ort.RuntimeMissing as e:
             self.run_reason = str(e)
             return
         if self.runtime_key is not None and key != self.runtime_key:
             log.info("Sprint engine: the model's weights or settings changed (LoRA/patches): using another engine")
             self.release()
         params = sum(p.numel() for p in patcher.model.diffusion_model.parameters())
-        self.estimate = params * {"fp32": 4, "fp16": 2, "int8": 1}[self.precision]
+        self.estimate = params * chain.BYTES_PER_WEIGHT[self.precision]
         self.key = key
 
     def engine(self, unet):
@@ -128,17 +111,17 @@ class Slot:
         artifact = artifacts.lookup(self.key)
         if artifact is None:
             export = functools.partial(self.export, unet)
-            int8_graph = unet_engine.source_key(self.key) if self.key["backend"] == "tensorrt" else self.key
+            int8_graph = chain.calibration_graph(self.key)
             if self.precision == "int8" and artifacts.lookup(int8_graph) is None:
                 if self.calibration is None:
-                    self._build(unet_engine.source_key(int8_graph), export, "exporting the FP32 graph")
+                    self._build(chain.source_key(int8_graph), export, "exporting the FP32 graph")
                     self.calibration = CalibrationSet()
                     log.warning("Sprint engine: INT8 calibration: this run samples in PyTorch and records the "
                                 "UNet inputs; the INT8 engine is built when it ends")
                     common.send_event("engine", {"status": "calibrating"})
                 return None
             artifact = self._build(self.key, export, "building")
-        self.runtime, self.runtime_key = unet_engine.load(artifact, self.device), self.key
+        self.runtime, self.runtime_key = chain.load(artifact, self.device), self.key
         common.send_event("engine", {"status": "ready", "artifact": artifact.name, "bytes": artifact.nbytes,
                                      "backend": self.key["backend"], "precision": self.precision})
         return self.runtime
@@ -148,15 +131,12 @@ class Slot:
                     forward_kwargs={"transformer_options": {"optimized_attention_override": _plain_attention}})
 
     def _build(self, key, export, what, calibration=None):
-        artifacts, steps, k = store(), 0, key
-        while k is not None and artifacts.lookup(k) is None:
-            steps, k = steps + 1, unet_engine.source_key(k)
+        artifacts = store()
+        steps = chain.missing_builds(artifacts, key)
         log.info("Sprint engine: %s %s/%s (%d step(s))", what, key["backend"], key["precision"], steps)
         common.send_event("engine", {"status": "building", "backend": key["backend"], "precision": key["precision"]})
         bar = common.Progress(steps + len(calibration or ()))
-        shapes = tensorrt_runtime.shapes(self.profile, self.arch["in_channels"], self.arch["context_dim"],
-                                         self.arch["y_dim"]) if key["backend"] == "tensorrt" else None
-        return unet_engine.build(artifacts, key, export, shapes, calibration, bar.update)
+        return chain.build(artifacts, key, export, self.arch, calibration, bar.update)
 
     def finish_run(self):
         """After an INT8 calibration run: quantize on what it recorded."""
@@ -164,7 +144,7 @@ class Slot:
         if calibration is None or not len(calibration):
             return
         export = functools.partial(_no_export, self.key)
-        self._build(self.key, export, "quantizing", calibration.select(unet_engine.CALIBRATION_CALLS))
+        self._build(self.key, export, "quantizing", calibration.select(chain.CALIBRATION_CALLS))
 
     def call_reason(self, x, context, y, control, transformer_options, kwargs):
         """Why this call cannot run on the engine, or None."""
@@ -188,8 +168,7 @@ def _no_export(key, folder):
     raise RuntimeError(f"the FP32 graph for {key['backend']}/{key['precision']} vanished during calibration")
 
 
-def _outer_sample(slot_id, executor, *args, **kwargs):
-    slot = SLOTS[slot_id]
+def _outer_sample(slot, executor, *args, **kwargs):
     slot.begin_run(executor.class_obj.model_patcher)
     try:
         result = executor(*args, **kwargs)
@@ -205,9 +184,8 @@ def _outer_sample(slot_id, executor, *args, **kwargs):
     return result
 
 
-def _diffusion_model(slot_id, executor, x, timesteps=None, context=None, y=None, control=None,
+def _diffusion_model(slot, executor, x, timesteps=None, context=None, y=None, control=None,
                      transformer_options={}, **kwargs):
-    slot = SLOTS[slot_id]
     reason = slot.call_reason(x, context, y, control, transformer_options, kwargs)
     if reason is None:
         try:
@@ -230,9 +208,9 @@ def _diffusion_model(slot_id, executor, x, timesteps=None, context=None, y=None,
 class EngineFootprint(torch.nn.Module):
     """What ComfyUI's memory manager sees of an engine: no torch weights, a device."""
 
-    def __init__(self, slot_id, device):
+    def __init__(self, slot, device):
         super().__init__()
-        self.slot_id, self.device = slot_id, device
+        self.slot, self.device = slot, device
 
 
 class EnginePatcher(comfy.model_patcher.ModelPatcher):
@@ -240,7 +218,7 @@ class EnginePatcher(comfy.model_patcher.ModelPatcher):
     (before the first build, parameters x bytes per weight), eviction releases the session."""
 
     def slot(self):
-        return SLOTS[self.model.slot_id]
+        return self.model.slot
 
     def model_size(self):
         return self.slot().nbytes()
@@ -263,22 +241,16 @@ class EnginePatcher(comfy.model_patcher.ModelPatcher):
 
 def accelerate(model, backend, precision, profile):
     """A clone of MODEL whose UNet runs on an engine; returns (model, slot)."""
-    slot_id = str(uuid.uuid4())
-    SLOTS[slot_id] = slot = Slot(backend, precision, profile)
+    slot = Slot(backend, precision, profile)
     model = model.clone()
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, functools.partial(_outer_sample, slot_id))
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, functools.partial(_diffusion_model, slot_id))
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, functools.partial(_outer_sample, slot))
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, functools.partial(_diffusion_model, slot))
     device = model.load_device
-    model.set_additional_models(KEY, [EnginePatcher(EngineFootprint(slot_id, device), device, device)])
+    model.set_additional_models(KEY, [EnginePatcher(EngineFootprint(slot, device), device, device)])
     return model, slot
 
 
-def profile_from(max_batch, min_size, max_size, max_tokens):
-    """A ShapeProfile from the nodes' pixel sizes (latent = pixels / 8)."""
-    if min_size > max_size:
-        raise ValueError(f"min_size {min_size} is larger than max_size {max_size}")
-    side = (min_size // 8, max_size // 8)
-    return ShapeProfile(batch=(1, max_batch), height=side, width=side, tokens=(77, max_tokens))
+profile_from = chain.profile_from_pixels
 
 
 BACKEND_TIP = ("auto: TensorRT on an NVIDIA GPU when installed, else ONNX Runtime (CPU, or CUDA with "
@@ -291,7 +263,7 @@ PRECISION_TIP = ("fp32: same results as PyTorch (relative error ~1e-6). fp16: ha
 def engine_inputs():
     return [
         io.Combo.Input("backend", options=["auto", "onnxruntime", "tensorrt"], default="auto", tooltip=BACKEND_TIP),
-        io.Combo.Input("precision", options=list(unet_engine.PRECISIONS), default="fp32", tooltip=PRECISION_TIP),
+        io.Combo.Input("precision", options=list(chain.PRECISIONS), default="fp32", tooltip=PRECISION_TIP),
         io.Int.Input("max_batch", default=4, min=1, max=64, tooltip="Largest UNet batch (images x 2 with CFG: cond and uncond run together)."),
         io.Int.Input("min_size", default=256, min=64, max=8192, step=64, tooltip="Smallest image side in pixels the engine accepts."),
         io.Int.Input("max_size", default=1024, min=64, max=8192, step=64, tooltip="Largest image side in pixels; larger images run in PyTorch."),
@@ -373,18 +345,12 @@ class SprintLoadUNetEngine(io.ComfyNode):
         try:
             key = read(path).key
         except ArtifactError as e:
-            key = _sidecar_key(path, e)
+            try:
+                key = chain.recorded_key(path)      # corrupt files, readable settings: rebuild it
+            except ArtifactError:
+                raise ValueError(f"{e}: choose another engine or build one with Sprint Accelerate UNet") from None
         profile = ShapeProfile.from_dict(key["profile"])
         return io.NodeOutput(accelerate(model, key["backend"], key["precision"], profile)[0])
-
-
-def _sidecar_key(path, error):
-    """The settings of a corrupt artifact (to rebuild it), or the error for a foreign one."""
-    import json
-    try:
-        return json.loads((path / "sprint.json").read_text())["key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ValueError(f"{error}: choose another engine or build one with Sprint Accelerate UNet") from None
 
 
 NODES = [SprintAccelerateUNet, SprintBuildUNetEngine, SprintLoadUNetEngine]

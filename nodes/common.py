@@ -13,14 +13,19 @@ from ..engines.files import digest
 log = logging.getLogger("sprint")
 
 
-def send_event(event, data):
-    """Send `sprint.<event>` to the frontend, tagged with the executing node and prompt so the
-    web extension can badge the right node; a headless run (no PromptServer) just skips it."""
+def prompt_server():
+    """ComfyUI's running PromptServer, or None in a headless run (ComfyUI as a library)."""
     try:
         from server import PromptServer
     except ImportError:
-        return
-    server = getattr(PromptServer, "instance", None)
+        return None
+    return getattr(PromptServer, "instance", None)
+
+
+def send_event(event, data):
+    """Send `sprint.<event>` to the frontend, tagged with the executing node and prompt so the
+    web extension can badge the right node; a headless run (no PromptServer) just skips it."""
+    server = prompt_server()
     if server is None:
         return
     context = get_executing_context()

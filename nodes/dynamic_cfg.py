@@ -50,7 +50,20 @@ def resolve_schedule(settings, model_sampling):
                                      settings["strength_mid"], settings["strength_low"])
 
 
-def predict_noise_wrapper(settings, executor, x, timestep, model_options, seed=None, **kwargs):
+class Schedule:
+    """A node's settings and the engine schedule they resolve to on the model last sampled (once
+    per model, not once per model call)."""
+
+    def __init__(self, settings):
+        self.settings, self.model_sampling, self.resolved = settings, None, None
+
+    def on(self, model_sampling):
+        if model_sampling is not self.model_sampling:
+            self.model_sampling, self.resolved = model_sampling, resolve_schedule(self.settings, model_sampling)
+        return self.resolved
+
+
+def predict_noise_wrapper(schedule, executor, x, timestep, model_options, seed=None, **kwargs):
     guider = executor.class_obj
     cfg = getattr(guider, "cfg", None)
     if not isinstance(cfg, (int, float)):     # a guider without a single cfg (DualCFGGuider ...)
@@ -58,7 +71,7 @@ def predict_noise_wrapper(settings, executor, x, timestep, model_options, seed=N
     model_sampling = guider.model_patcher.get_model_object("model_sampling")
     # ComfyUI treats a step's sigma as one value for the batch (calc_cond_batch reads timestep[0]).
     sigma = guidance.noise_to_signal(float(timestep.reshape(-1)[0]), is_flow(model_sampling))
-    guider.cfg = resolve_schedule(settings, model_sampling).scale(cfg, sigma)
+    guider.cfg = schedule.on(model_sampling).scale(cfg, sigma)
     stats = model_options.get("transformer_options", {}).get(STATS)
     if stats is not None and guider.cfg == 1.0 and not math.isclose(cfg, 1.0) \
             and not model_options.get("disable_cfg1_optimization", False):
@@ -124,7 +137,7 @@ def patch(model, **settings):
                          f"percents [{settings['start_percent']}, {settings['end_percent']}]")
     m = model.clone()
     WrappersMP = comfy.patcher_extension.WrappersMP
-    m.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, KEY, functools.partial(predict_noise_wrapper, settings))
+    m.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, KEY, functools.partial(predict_noise_wrapper, Schedule(settings)))
     for kind, fn in ((WrappersMP.CALC_COND_BATCH, calc_cond_batch_wrapper), (WrappersMP.OUTER_SAMPLE, outer_sample_wrapper)):
         if not m.get_wrappers(kind, KEY):       # once per model, however many schedules are stacked
             m.add_wrapper_with_key(kind, KEY, fn)

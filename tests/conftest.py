@@ -13,12 +13,13 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(pathlib.Path(__file__).parent))     # harness.py, toy_unet.py (pytest's importlib mode)
 _spec = importlib.util.spec_from_file_location("sprint", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
 sprint = importlib.util.module_from_spec(_spec)
 sys.modules["sprint"] = sprint
 _spec.loader.exec_module(sprint)
 
-from sprint.nodes import headless  # noqa: E402
+from sprint.bench import host as hostlib  # noqa: E402
 
 REQUIRE_HOST = os.environ.get("SPRINT_REQUIRE_HOST") == "1"
 ENABLE_HINT = "fix it, or point COMFYUI_PATH at a working ComfyUI 0.3.64 checkout"
@@ -26,8 +27,8 @@ ENABLE_HINT = "fix it, or point COMFYUI_PATH at a working ComfyUI 0.3.64 checkou
 
 def _host_path():
     try:
-        return headless.find_comfyui(), None
-    except headless.HostNotFound as e:
+        return hostlib.find_comfyui(), None
+    except hostlib.HostNotFound as e:
         return None, str(e)
 
 
@@ -47,7 +48,7 @@ def _unavailable(reason):
 
 @pytest.fixture(scope="session")
 def host(tmp_path_factory):
-    """The booted ComfyUI (headless.Host) with Sprint and the harness nodes loaded."""
+    """The booted ComfyUI (hostlib.Host) with Sprint and the harness nodes loaded."""
     if HOST_PATH is None:
         _unavailable(HOST_MISSING)
     if _host_state["host"] is None and _host_state["error"] is None:
@@ -88,10 +89,25 @@ def taesd_data():
     pytest.skip(f"no shared/data/taesd beside {ROOT} or its parent: the real TAESD weights come with the project's shared/ folder")
 
 
+@pytest.fixture
+def model_calls():
+    """attach(MODEL) -> bench.meters.ModelCalls counting its diffusion model's calls for the rest of
+    the test (clones share the diffusion model, so every clone's calls count)."""
+    from sprint.bench.meters import ModelCalls
+    meters = []
+
+    def attach(model):
+        meters.append(ModelCalls(model.model.diffusion_model).__enter__())
+        return meters[-1]
+    yield attach
+    for meter in meters:
+        meter.__exit__(None, None, None)
+
+
 @pytest.fixture(scope="session")
 def synthetic(host):
-    """nodes/synthetic.py as ComfyUI loaded it: random-weight SD1.5 models and the GMM model."""
-    return host.module("nodes.synthetic")
+    """bench/synthetic.py as ComfyUI loaded it: random-weight SD1.5 models and the GMM model."""
+    return host.pack.bench.synthetic
 
 
 @pytest.fixture(scope="session")
@@ -125,6 +141,17 @@ def sd15_checkpoint(host, synthetic):
         path.parent.mkdir(parents=True, exist_ok=True)
         synthetic.write_sd15_checkpoint(path, unet="shallow", vae="taesd", seed=0)
     return name
+
+
+@pytest.fixture(scope="session")
+def light_decoder(host, synthetic, tmp_path_factory):
+    """A random-weight taesd decoder linked into models/vae_approx, as the bench provides one."""
+    import folder_paths
+    file = tmp_path_factory.mktemp("light") / "taesd_decoder.safetensors"
+    synthetic.write_taesd_decoder(file)
+    name = host.pack.bench.run.provide_light_decoder(file)
+    yield file
+    (pathlib.Path(folder_paths.get_folder_paths("vae_approx")[0]) / name).unlink()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 
-from sprint.nodes import headless
+from sprint.bench import host as hostlib
 
 OBJECTS = {}
 _keys = itertools.count()
@@ -41,7 +41,7 @@ def _source_node(type_name):
 
 
 def boot(comfy_path, base_dir):
-    host = headless.boot(comfy_path, base_dir)
+    host = hostlib.boot(comfy_path, base_dir)
     for t in TYPES:
         host.nodes.NODE_CLASS_MAPPINGS[f"HarnessSource{t}"] = _source_node(t)
     return host
@@ -82,18 +82,15 @@ def captured_events():
         else:
             server.PromptServer.instance = previous
 
-class ModelCalls:
-    """An APPLY_MODEL wrapper recording the input shape of every model call."""
-
-    def __init__(self, model, key="test.calls"):
-        import comfy.patcher_extension
-        self.shapes = []
-        self.model = model.clone()
-        self.model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, key, self)
-
-    def __call__(self, executor, x, *args, **kwargs):
-        self.shapes.append(tuple(x.shape))
-        return executor(x, *args, **kwargs)
+def cli(host, *args, cache=None, timeout=900):
+    """`python <Sprint> --comfyui <host> ARGS` as a user runs it, with its cache in `cache`;
+    returns the finished process (stdout, stderr as text) after asserting it succeeded."""
+    import os
+    env = dict(os.environ, **({"SPRINT_CACHE": str(cache)} if cache else {}))
+    run = subprocess.run([sys.executable, str(hostlib.PACK_ROOT), "--comfyui", str(host.comfy_path), *map(str, args)],
+                         capture_output=True, text=True, timeout=timeout, env=env)
+    assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-3000:])
+    return run
 
 
 def free_port():
@@ -109,7 +106,7 @@ class Server:
     def __init__(self, comfy_path, base_dir, checkpoints_dir=None):
         self.base_dir = pathlib.Path(base_dir)
         packs = self.base_dir / "packs"
-        headless.link_pack(packs)
+        hostlib.link_pack(packs)
         (self.base_dir / "custom_nodes").mkdir(exist_ok=True)   # main.py lists it unconditionally
         paths = {"sprint_test": {"base_path": str(self.base_dir), "custom_nodes": str(packs)}}
         if checkpoints_dir:

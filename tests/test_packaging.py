@@ -43,6 +43,26 @@ def test_every_node_module_exists():
         assert (ROOT / "nodes" / f"{name}.py").is_file(), name
 
 
+def test_nodes_hold_only_adapters():
+    """nodes/ is what ComfyUI loads: the registered node modules and their shared glue, nothing
+    of the bench wing; no module is reached through a string look-up of its name."""
+    import sprint
+    assert {p.stem for p in (ROOT / "nodes").glob("*.py")} == {*sprint.NODE_MODULES, "common", "__init__"}
+    for path in (ROOT / "nodes").glob("*.py"):
+        assert not any(node.module and "bench" in node.module for node in ast.walk(ast.parse(path.read_text()))
+                       if isinstance(node, ast.ImportFrom)), path
+    for path in {*ROOT.glob("*/*.py"), *ROOT.glob("tests/**/*.py")} - {pathlib.Path(__file__)}:
+        assert "host.module(" not in path.read_text(), path
+
+
+def test_every_cli_command_has_a_test():
+    tree = ast.parse((ROOT / "bench" / "cli.py").read_text())
+    commands = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) and n.targets[0].id == "COMMANDS")
+    tested = "".join(p.read_text() for p in (ROOT / "tests" / "bench").glob("test_*.py"))
+    for key in commands.keys:
+        assert f'"{key.value}"' in tested, f"no test in tests/bench runs `{key.value}`"
+
+
 def test_pyproject_matches_requirements_and_registry_rules():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     reqs = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()

@@ -18,7 +18,7 @@ const percent = (part, whole) => (whole > 0 ? `${Math.round((100 * part) / whole
 const FORMATS = {
   sampler: (d) => [`${d.calls}/${d.budget} model calls · ${d.saved} saved · stop at step ${d.stop_step}`, "ok"],
   dynamic_cfg: (d) => [`dynamic CFG: ${d.uncond_skipped} uncond passes skipped`, "ok"],
-  text_cache: (d) => {
+  prompt_cache: (d) => {
     const hits = (d.hits_memory ?? 0) + (d.hits_disk ?? 0);
     const outcome = d.outcome ? `${d.outcome.split(":")[0]} · ` : "";
     return [`prompt cache: ${outcome}${percent(hits, hits + (d.misses ?? 0))} hits`, "ok"];

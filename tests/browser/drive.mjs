@@ -89,7 +89,7 @@ try {
     const send = async (type, detail) => { api.dispatchCustomEvent(type, detail); await frame(); };
     const out = {};
     await send("sprint.sampler", {});
-    await send("sprint.text_cache", { node: "99999", prompt_id: "t" });
+    await send("sprint.prompt_cache", { node: "99999", prompt_id: "t" });
     await send("sprint.engine", { node: String(node.id), prompt_id: "t", status: "building", backend: "onnxruntime", precision: "fp32" });
     await send("progress", { node: String(node.id), prompt_id: "t", value: 1, max: 4 });
     out.building = toasts();

@@ -23,7 +23,7 @@ WORKFLOWS = ROOT / "workflows"
 # The API twins the UI workflows must queue as; SPRINT_API_TWINS points at drafts while regenerating.
 TWINS = pathlib.Path(os.environ.get("SPRINT_API_TWINS", WORKFLOWS / "api"))
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-PACK = "Sprint"                             # the folder name the server knows the pack by (headless.PACK_FOLDER)
+PACK = "Sprint"                             # the folder name the server knows the pack by (hostlib.PACK_FOLDER)
 SPRINT_URLS = (f"/extensions/{PACK}", f"/api/workflow_templates/{PACK}")
 CHROMIUM = os.environ.get("SPRINT_CHROMIUM", "/usr/bin/chromium")   # Debian's; never a downloaded one
 BADGE_COLORS = {"ok": (0x1f, 0x6f, 0x43), "warn": (0x9a, 0x5b, 0x00)}   # web/sprint.js COLORS

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.host
 
 def test_model_folder_is_registered(host):
     import folder_paths
-    common = host.module("nodes.common")
+    common = host.pack.nodes.common
     path = common.model_folder("sprint_test_folder")
     assert os.path.isdir(path) and folder_paths.get_folder_paths("sprint_test_folder")[0] == path
     assert common.model_folder("sprint_test_folder") == path
@@ -18,7 +18,7 @@ def test_model_folder_is_registered(host):
 def test_send_event_is_silent_headless_and_tagged_when_served(host):
     import harness
     from comfy_execution.utils import CurrentNodeContext
-    common = host.module("nodes.common")
+    common = host.pack.nodes.common
     common.send_event("test", {"a": 1})                            # no PromptServer.instance: no-op
     with harness.captured_events() as events, CurrentNodeContext("p1", "7"):
         common.send_event("test", {"a": 1})
@@ -26,7 +26,7 @@ def test_send_event_is_silent_headless_and_tagged_when_served(host):
 
 
 def test_fingerprint_follows_weights_and_patches(host, synthetic):
-    common = host.module("nodes.common")
+    common = host.pack.nodes.common
     a, b = synthetic.sd15_model("tiny", seed=0), synthetic.sd15_model("tiny", seed=0)
     assert common.patcher_fingerprint(a) == common.patcher_fingerprint(b)
     assert common.patcher_fingerprint(a) != common.patcher_fingerprint(synthetic.sd15_model("tiny", seed=1))
@@ -50,7 +50,7 @@ def test_fingerprint_follows_weights_and_patches(host, synthetic):
 def test_fingerprint_of_weights_loaded_under_inference_mode(host, synthetic):
     """The server's executor runs loaders under torch.inference_mode: their weights are inference
     tensors (no version counter); the fingerprint is the same as for ordinary tensors."""
-    common = host.module("nodes.common")
+    common = host.pack.nodes.common
     with torch.inference_mode():
         loaded = synthetic.sd15_model("tiny", seed=2)
     assert next(loaded.model.parameters()).is_inference()

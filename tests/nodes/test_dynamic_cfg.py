@@ -9,7 +9,7 @@ import torch
 
 import harness
 from sprint.engines import evaluation, gmm as G, guidance
-from sprint.nodes import headless
+from sprint.bench import host as hostlib
 
 pytestmark = pytest.mark.host
 
@@ -18,12 +18,12 @@ STEPS, CFG = 20, 7.0
 
 @pytest.fixture(scope="module")
 def dc(host):
-    return host.module("nodes.dynamic_cfg")
+    return host.pack.nodes.dynamic_cfg
 
 
 @pytest.fixture(scope="module")
 def bench(host):
-    return host.module("nodes.bench_cfg")
+    return host.pack.bench.dynamic_cfg
 
 
 def settings(bench, **kw):
@@ -235,9 +235,9 @@ def test_bad_settings_are_reported(host, bench, tiny_model, tiny_clip):
         run(host, g, g.node("KSampler", model=model, positive=pos, negative=pos, latent_image=latent, seed=1, steps=2,
                             cfg=CFG, sampler_name="euler", scheduler="karras", denoise=1.0))
 
-    with pytest.raises(headless.PromptFailed, match="sigma_low < sigma_high"):
+    with pytest.raises(hostlib.PromptFailed, match="sigma_low < sigma_high"):
         sample(sigma_low=6.0)
-    with pytest.raises(headless.PromptFailed, match="guidance window is empty"):   # found when sampling
+    with pytest.raises(hostlib.PromptFailed, match="guidance window is empty"):   # found when sampling
         sample(start_percent=0.97)
 
 
@@ -346,19 +346,3 @@ def test_core_rescale_cfg_composes_and_equals_sprints_rescale(host, synthetic, d
                                                 sum(2 if 0.28 < v <= 5.42 else 1 for v in sigmas[:-1].tolist()))
     _, plain, _ = gmm_run(synthetic, bench, mixture, dc.patch(base, **settings(bench, schedule="constant")), sigmas)
     assert evaluation.rmse(ours, plain).min() > 1e-3      # constant with rescale vs without: the rescale acts
-
-
-def test_bench_cfg_command_prints_every_schedule(host, tmp_path):
-    """`python <Sprint> bench-cfg` at toy sizes: both parts run and the table rows are there."""
-    import os
-    import subprocess
-    import sys
-    run_ = subprocess.run([sys.executable, os.path.dirname(host.pack.__file__), "--comfyui", str(host.comfy_path), "bench-cfg",
-                           "--steps", "6", "--cfg", "5", "--batch", "2", "--shape", "4,8,8", "--offsets", "0.6",
-                           "--repeat", "1"], capture_output=True, text=True, timeout=900)
-    assert run_.returncode == 0, run_.stderr[-3000:]
-    lines = run_.stdout.splitlines()
-    unet = [line.split() for line in lines if line.startswith(("plain CFG ", "constant ", "interval (default) "))]
-    assert len(unet) == 3 * 2 + 3 * 1      # two denoise values in the UNet part, one cfg in the GMM part
-    assert all(row[-1] == "0" for row in unet[:6] if row[0] in ("plain", "constant"))  # max|x - plain| = 0
-    assert any(line.startswith("wall time") for line in lines) and "## Exact GMM" in run_.stdout

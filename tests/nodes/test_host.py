@@ -7,7 +7,7 @@ import torch
 
 import harness
 import sprint
-from sprint.nodes import headless
+from sprint.bench import host as hostlib
 from sprint.engines import evaluation, gmm as G
 
 pytestmark = pytest.mark.host
@@ -17,7 +17,7 @@ def test_pack_loads_without_import_failures(host):
     assert host.pack is not None
     assert [f for f in host.import_failures if "Sprint" in f] == []
     expected = {node.GET_SCHEMA().node_id for name in sprint.NODE_MODULES
-                for node in host.module(f"nodes.{name}").NODES}
+                for node in getattr(host.pack.nodes, name).NODES}
     assert expected == set(host.sprint_nodes())
     for node_id in expected:
         schema = host.nodes.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA()
@@ -63,7 +63,7 @@ def test_invalid_prompt_is_reported(host):
     from comfy_execution.graph_utils import GraphBuilder
     g = GraphBuilder()
     g.node("KSampler", seed=1)
-    with pytest.raises(headless.PromptFailed, match="invalid prompt"):
+    with pytest.raises(hostlib.PromptFailed, match="invalid prompt"):
         host.run(g.finalize())
 
 

@@ -49,7 +49,7 @@ def test_decode_follows_the_model_and_matches_comfyuis_taesd(host, vae_approx, t
     reference = comfy.sd.VAE(sd=sd).decode(latent)         # ComfyUI's TAESD path, both halves loaded
     assert image.shape == (2, 96, 80, 3) == reference.shape
     assert (image - reference.float()).abs().max() < 2e-2   # ComfyUI may decode in bf16 on this CPU
-    loaded = [m.model for m in host.module("nodes.light_vae").mm.current_loaded_models]
+    loaded = [m.model for m in host.pack.nodes.light_vae.mm.current_loaded_models]
     assert any(type(p.model).__name__ == "Sequential" for p in loaded)     # through the memory manager
 
 
@@ -66,7 +66,7 @@ def test_real_taef2_round_trip_through_the_executor(host, vae_approx):
     result = host.run(g.finalize())
     latent, image = result.output(enc.id)["samples"], result.output(dec.id)
     assert latent.shape == (1, 128, 12, 20)                      # cropped to 192 x 320, FLUX.2 packed
-    psnr = host.module("engines.taesd").psnr(image, photo[:, 4:196])
+    psnr = host.pack.engines.taesd.psnr(image, photo[:, 4:196])
     assert psnr > 27.0, psnr                                     # floor justified in tests/engines/test_taesd.py
     assert (result.output(tiled.id) - image).abs().max() < 1e-4
 
@@ -83,7 +83,7 @@ def test_missing_file_names_the_file_and_folder(host, vae_approx):
 def test_every_variant_loads_comfyuis_own_taesd_layout(host, tmp_path):
     """ComfyUI's comfy.taesd modules are built from the official files' layout: ours loads them."""
     import comfy.taesd.taesd as comfy_taesd
-    T = host.module("engines.taesd")
+    T = host.pack.engines.taesd
     for channels in (4, 16):
         for kind, build, load in (("decoder", comfy_taesd.Decoder, T.load_decoder), ("encoder", comfy_taesd.Encoder, T.load_encoder)):
             path = tmp_path / f"{kind}{channels}.pth"

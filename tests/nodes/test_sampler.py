@@ -1,9 +1,6 @@
 """Sprint's adaptive sampler inside ComfyUI: the SAMPLER equals the engine on the exact GMM model
 (EPS, V, flow), SprintKSampler runs and reports through the executor, Cancel stops it, the
 benchmark command runs."""
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -31,7 +28,7 @@ def comfy_run(host, synthetic, mixture, model_type, sigmas, noise, info, callbac
         start.setdefault("x", x.clone())
         if callback is not None:
             callback(step)
-    sampler = host.module("nodes.sampler").adaptive_sampler("balanced", info=info, **options)
+    sampler = host.pack.nodes.sampler.adaptive_sampler("balanced", info=info, **options)
     cond = synthetic.gmm_conditioning(-1)
     out = comfy.sample.sample_custom(model, noise, 1.0, sampler, sigmas, cond, cond, torch.zeros_like(noise),
                                      callback=record, disable_pbar=True, seed=3)
@@ -41,7 +38,7 @@ def comfy_run(host, synthetic, mixture, model_type, sigmas, noise, info, callbac
 @pytest.mark.parametrize("model_type", ["eps", "v_prediction", "flow"])
 @pytest.mark.parametrize("denoise", [1.0, 0.5])
 def test_node_path_equals_engine_path(host, synthetic, mixture, model_type, denoise):
-    sampler_node = host.module("nodes.sampler")
+    sampler_node = host.pack.nodes.sampler
     model = synthetic.gmm_model(mixture, model_type)
     sigmas = sampler_node._sigmas(model, "karras" if model_type != "flow" else "simple", 16, denoise)
     noise = torch.randn((3,) + SHAPE, generator=torch.Generator().manual_seed(2))
@@ -69,7 +66,7 @@ def test_node_path_equals_engine_path(host, synthetic, mixture, model_type, deno
 
 def test_cancel_stops_sampling(host, synthetic, mixture):
     import comfy.model_management as mm
-    sigmas = host.module("nodes.sampler")._sigmas(synthetic.gmm_model(mixture), "karras", 20, 1.0)
+    sigmas = host.pack.nodes.sampler._sigmas(synthetic.gmm_model(mixture), "karras", 20, 1.0)
     noise = torch.randn((2,) + SHAPE, generator=torch.Generator().manual_seed(0))
     steps = []
 
@@ -134,13 +131,3 @@ def test_sprint_ksampler_img2img_starts_from_the_latent(host, tiny_model, tiny_c
     ours, theirs = result.output(low.id)["samples"], result.output(stock.id)["samples"]
     assert evaluation.rmse(ours, theirs).max() < 0.2 * theirs.abs().max()
     assert [data["budget"] for name, data in events if name == "sprint.sampler"] == [8]
-
-
-def test_bench_sampler_toy_run(host, tmp_path):
-    run = subprocess.run([sys.executable, str(host.pack.__file__).rsplit(os.sep, 1)[0], "--comfyui", str(host.comfy_path),
-                          "bench-sampler", "--toy", "--cache", str(tmp_path)],
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = run.stdout
-    for needle in ("ipndm", "sprint", "mode agreement", "calibration", "binding budget", "KSampler"):
-        assert needle in out, (needle, out[-3000:])

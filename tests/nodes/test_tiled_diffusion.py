@@ -118,11 +118,12 @@ def close(a, b):
 
 
 @pytest.mark.parametrize("method,batch", [("Mixture of Diffusers", 1), ("MultiDiffusion", 3)])
-def test_tiles_reproduce_a_local_model_with_area_mask_concat_and_controlnet(host, local_model, conditioning, method, batch):
+def test_tiles_reproduce_a_local_model_with_area_mask_concat_and_controlnet(host, local_model, conditioning, method, batch, model_calls):
     positive, negative = conditioning
     want = sample(local_model, positive, negative)
-    calls = harness.ModelCalls(tiled(host, local_model, method=method, batch=batch))
-    got = sample(calls.model, positive, negative)
+    model = tiled(host, local_model, method=method, batch=batch)
+    calls = model_calls(model)
+    got = sample(model, positive, negative)
     close(got, want)
     # it really ran in tiles of 24 x 24 latent pixels (192 px), one per call because an area cond
     # is present (areas differ per tile); the area cond ran on its part of each tile
@@ -130,11 +131,12 @@ def test_tiles_reproduce_a_local_model_with_area_mask_concat_and_controlnet(host
     assert sum(s[-2:] == (24, 24) for s in calls.shapes) == 4 * 6    # 4 steps x 6 tiles
 
 
-def test_tile_batches_stack_tiles_without_area_conds(host, local_model):
+def test_tile_batches_stack_tiles_without_area_conds(host, local_model, model_calls):
     positive, negative = [prompt(1)], [prompt(5)]
     want = sample(local_model, positive, negative, steps=2)
-    calls = harness.ModelCalls(tiled(host, local_model, batch=4))
-    close(sample(calls.model, positive, negative, steps=2), want)
+    model = tiled(host, local_model, batch=4)
+    calls = model_calls(model)
+    close(sample(model, positive, negative, steps=2), want)
     plan_tiles = 6                             # 40 x 56 latent in 24 x 24 tiles: 2 x 3
     rows = 2 * 2                               # latent batch 2, cond + uncond batched together
     assert sorted({s[0] for s in calls.shapes}) == [3 * rows]   # 6 tiles in balanced batches of 3
@@ -168,12 +170,13 @@ def test_one_tile_is_identical_to_untiled_on_the_tiny_unet(host, tiny_model, tin
     assert torch.equal(plain, tiled_out)
 
 
-def test_tiny_unet_samples_in_tiles_through_the_executor(host, tiny_model, tiny_clip):
+def test_tiny_unet_samples_in_tiles_through_the_executor(host, tiny_model, tiny_clip, model_calls):
     from comfy_execution.graph_utils import GraphBuilder
-    calls = harness.ModelCalls(tiny_model)
+    calls = model_calls(tiny_model)
+    model = tiny_model
     g = GraphBuilder()
     clip = harness.source(g, "CLIP", tiny_clip)
-    patched = g.node("SprintTiledDiffusion", model=harness.source(g, "MODEL", calls.model), method="MultiDiffusion",
+    patched = g.node("SprintTiledDiffusion", model=harness.source(g, "MODEL", model), method="MultiDiffusion",
                      tile_width=192, tile_height=192, overlap=64, margin=16, tile_batch_size=2)
     pos = g.node("CLIPTextEncode", clip=clip, text="a lighthouse")
     neg = g.node("CLIPTextEncode", clip=clip, text="blurry")
@@ -224,7 +227,7 @@ def test_bad_settings_are_refused_clearly(host, local_model):
 
 def test_controlnet_hints_are_cropped_per_tile(host, conditioning):
     import comfy.utils
-    td = host.module("nodes.tiled_diffusion")
+    td = host.pack.nodes.tiled_diffusion
     tiling = td.tiling
     positive, _ = conditioning
     control = positive[0][1]["control"]

@@ -125,8 +125,8 @@ class SprintCachedTextEncode(io.ComfyNode):
                                "checkpoint does not contain a valid clip or text encoder model.")
         conditioning, outcome = encode(clip, text, cache)
         if outcome.startswith("bypass") and cache != "off":
-            log.info("Sprint text cache: encoding without cache (%s)", outcome[8:])
-        common.send_event("text_cache", {"outcome": outcome, **store().stats(disk=False)})
+            log.info("Sprint prompt cache: encoding without cache (%s)", outcome[8:])
+        common.send_event("prompt_cache", {"outcome": outcome, **store().stats(disk=False)})
         return io.NodeOutput(conditioning)
 
 
@@ -162,31 +162,30 @@ class SprintTextCache(io.ComfyNode):
         if action != "stats":
             cache.clear(disk=action.endswith("disk"))
         stats = cache.stats()
-        common.send_event("text_cache", stats)
+        common.send_event("prompt_cache", stats)
         line = stats_line(stats)
         return io.NodeOutput(line, ui=ui.PreviewText(line))
 
 
 def _register_routes():
-    """GET /sprint/text_cache (stats) and POST /sprint/text_cache/clear {"disk": bool} (also under /api)."""
-    try:
-        from aiohttp import web
-        from server import PromptServer
-    except ImportError:
-        return
-    server = getattr(PromptServer, "instance", None)
+    """GET /sprint/prompt_cache (stats) and POST /sprint/prompt_cache/clear {"disk": bool} (also under
+    /api; the pre-0.2 paths /sprint/text_cache... answer too)."""
+    server = common.prompt_server()
     if server is None:
         return
+    from aiohttp import web
 
-    @server.routes.get("/sprint/text_cache")
     async def stats(request):
         return web.json_response(store().stats())
 
-    @server.routes.post("/sprint/text_cache/clear")
     async def clear(request):
         body = await request.json() if request.can_read_body else {}
         store().clear(disk=bool(body.get("disk")))
         return web.json_response(store().stats())
+
+    for base in ("/sprint/prompt_cache", "/sprint/text_cache"):
+        server.routes.get(base)(stats)
+        server.routes.post(base + "/clear")(clear)
 
 
 _register_routes()

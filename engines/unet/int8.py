@@ -25,8 +25,8 @@ import tempfile
 
 import numpy as np
 
-from .onnx_export import GRAPH
-from .ort_runtime import require
+from .export import GRAPH
+from .ort import require
 
 KEEP_FLOAT = ("time_embed", "emb_layers", "label_emb", "input_blocks.0.0/", "/out/",
               "/op/", "/conv/", "skip_connection", "proj_in", "proj_out", "net.2/")

@@ -1,9 +1,12 @@
 """ComfyUI as a library: boot it, load Sprint the way ComfyUI loads custom nodes, run API prompts.
 
-Shared by the host test tier and the benchmark command. Importing this module imports nothing
-from ComfyUI: `boot()` must set its arguments before comfy.model_management is first imported.
+Shared by the host test tier and every bench command. This module imports nothing from ComfyUI
+nor from the rest of the pack: `python <Sprint>` loads it alone, boots ComfyUI (which loads its
+own copy of the pack), then enters that copy's bench.cli once, so every command runs on the
+modules ComfyUI runs.
 """
 import asyncio
+import importlib
 import logging
 import os
 import pathlib
@@ -12,6 +15,12 @@ import uuid
 
 PACK_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACK_FOLDER = "Sprint"
+WORKFLOWS = PACK_ROOT / "workflows"
+
+
+def cache_dir():
+    """Where the commands keep what they make once ($SPRINT_CACHE, default ~/.cache/sprint)."""
+    return pathlib.Path(os.environ.get("SPRINT_CACHE", pathlib.Path.home() / ".cache" / "sprint"))
 
 
 class HostNotFound(RuntimeError):
@@ -87,11 +96,8 @@ class Host:
                        if getattr(m, "__file__", None) and pathlib.Path(m.__file__).resolve() == PACK_ROOT / "__init__.py"
                        and os.path.isabs(name)), None)
         self.pack = module
-
-    def module(self, name):
-        """A module of the pack as ComfyUI loaded it, e.g. host.module("nodes.synthetic")."""
-        import importlib
-        return importlib.import_module(f"{self.pack.__name__}.{name}")
+        if module is not None:     # enter ComfyUI's copy once: its bench wing imports the rest plainly
+            importlib.import_module(f"{module.__name__}.bench.cli")
 
     def sprint_nodes(self):
         return sorted(k for k in self.nodes.NODE_CLASS_MAPPINGS if k.startswith("Sprint"))
@@ -127,20 +133,27 @@ class Result:
         return data[slot][0]
 
 
-def boot(comfy_path=None, base_dir=None, cpu=True):
+def boot(comfy_path=None, base_dir=None, cpu=True, attention=None):
     """Boot ComfyUI as a library and load Sprint through its custom-node loader.
 
     base_dir becomes ComfyUI's base directory (models/, output/, custom_nodes/ ...); Sprint is
-    linked into its custom_nodes/. Returns a Host; raises HostNotFound or RuntimeError.
+    linked into its custom_nodes/. attention: None (ComfyUI's choice), "pytorch" or "sub-quad".
+    Returns a Host; raises HostNotFound or RuntimeError.
     """
     comfy_path = find_comfyui(comfy_path)
     if "comfy.model_management" in sys.modules:
         raise RuntimeError("ComfyUI was imported before boot(); its arguments can no longer be set")
+    if base_dir is None:
+        import tempfile
+        base_dir = tempfile.mkdtemp(prefix="sprint-headless-")
     sys.path.insert(0, str(comfy_path))
     from comfy.cli_args import args
     args.cpu = cpu
     args.base_directory = str(base_dir)
     args.disable_api_nodes = True
+    if attention is not None:
+        args.use_pytorch_cross_attention = attention == "pytorch"
+        args.use_split_cross_attention = False
     import utils.extra_config  # noqa: F401  (before `nodes`, which puts comfy/ first on sys.path)
     import folder_paths
     link_pack(folder_paths.get_folder_paths("custom_nodes")[0])
@@ -166,28 +179,11 @@ def boot(comfy_path=None, base_dir=None, cpu=True):
     return host
 
 
-def stock_txt2img(ckpt_name, width=512, height=512, steps=20, cfg=8.0, seed=0,
-                  positive="a photograph of a lighthouse on a cliff at sunset, detailed",
-                  negative="blurry, low quality"):
-    """ComfyUI's default txt2img graph (KSampler euler/normal 20 steps cfg 8 + full VAE decode)."""
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": positive}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": negative}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
-            "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "sprint"}},
-    }
-
-
 DEFAULT_CHECKPOINT = "sprint_random_sd15.safetensors"
 DEFAULT_LIGHT_DECODER = "taesd_decoder.safetensors"
 
 
-def provide_model_file(host, folder, given, default_name, write):
+def provide_model_file(folder, given, default_name, write):
     """Make a model file visible in the host's models/<folder>; returns its name there.
 
     A given file is linked in. Without one, `write(path)` makes a random-weight stand-in, once,
@@ -196,14 +192,10 @@ def provide_model_file(host, folder, given, default_name, write):
     target_dir = pathlib.Path(folder_paths.get_folder_paths(folder)[0])
     target_dir.mkdir(parents=True, exist_ok=True)
     if given is None:
-        cache_dir = pathlib.Path(os.environ.get("SPRINT_CACHE", pathlib.Path.home() / ".cache" / "sprint"))
-        given = cache_dir / default_name
+        given = cache_dir() / default_name
         if not given.exists():
-            logging.info("writing a random-weight %s to %s (once)", folder, given)
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            partial = given.with_name(given.name + ".partial")
-            write(partial)
-            os.replace(partial, given)
+            print(f"writing a random-weight {folder[:-1] if folder.endswith('s') else folder} to {given} (once)", flush=True)
+            write(given)
     given = pathlib.Path(given).resolve()
     # the light VAE finds its files by name: keep ours, with the given file's format
     link = target_dir / (pathlib.Path(default_name).stem + given.suffix if folder == "vae_approx" else given.name)
@@ -212,85 +204,17 @@ def provide_model_file(host, folder, given, default_name, write):
     return link.name
 
 
-def provide_checkpoint(host, ckpt=None):
-    """A checkpoint loadable by CheckpointLoaderSimple: `ckpt`, else a full SD1.5-architecture one
-    with random weights (full KL VAE)."""
-    synthetic = host.module("nodes.synthetic")
-    return provide_model_file(host, "checkpoints", ckpt, DEFAULT_CHECKPOINT,
-                              lambda path: synthetic.write_sd15_checkpoint(path, unet="full", vae="kl", seed=0))
+def boot_args(argv):
+    """The options that must be known before ComfyUI boots: --comfyui, --gpu, --attention.
 
-
-def provide_light_decoder(host, decoder=None):
-    """The SD1.x light VAE decoder in models/vae_approx: `decoder`, else a random-weight taesd one."""
-    synthetic = host.module("nodes.synthetic")
-    return provide_model_file(host, "vae_approx", decoder, DEFAULT_LIGHT_DECODER, synthetic.write_taesd_decoder)
-
-
-def configure_run(parser):
-    """`run`: an API workflow (default: ComfyUI's stock txt2img), timed."""
-    parser.add_argument("--workflow", help="API-format workflow JSON; its CheckpointLoaderSimple nodes get --ckpt")
-    parser.add_argument("--ckpt", help="checkpoint file (default: a random-weight SD1.5 architecture, said so)")
-    parser.add_argument("--size", type=int, default=512, help="image side in pixels for the stock workflow")
-    parser.add_argument("--steps", type=int, default=20, help="steps for the stock workflow")
-    parser.add_argument("--repeat", type=int, default=1, help="runs to time (the first includes model loading)")
-    parser.set_defaults(func=run_command)
-
-
-def run_command(args):
-    import json
-    import statistics
-    import time
-    host = boot_for(args)
-    ckpt_name = provide_checkpoint(host, args.ckpt)
-    if args.workflow:
-        prompt = json.loads(pathlib.Path(args.workflow).read_text())
-        for node in prompt.values():
-            if node["class_type"] == "CheckpointLoaderSimple":
-                node["inputs"]["ckpt_name"] = ckpt_name
-    else:
-        prompt = stock_txt2img(ckpt_name, args.size, args.size, args.steps)
-    print(f"ComfyUI {host.comfy_path} | checkpoint {ckpt_name}"
-          + ("" if args.ckpt else " (random weights: timings are real, images are noise)"))
-    times = []
-    for i in range(args.repeat):
-        prompt = json.loads(json.dumps(prompt))
-        for node in prompt.values():      # a new seed defeats the executor's cache between runs
-            if "seed" in node["inputs"]:
-                node["inputs"]["seed"] = i
-        start = time.perf_counter()
-        result = host.run(prompt)
-        times.append(time.perf_counter() - start)
-        print(f"run {i + 1}: {times[-1]:.2f} s")
-    images = [img["filename"] for out in result.ui.values() for img in out.get("images", [])]
-    print(f"median {statistics.median(times):.2f} s over {len(times)} run(s); images: {images} in {host.base_dir}/output")
-    return 0
-
-
-def boot_for(args):
-    """Boot ComfyUI for a CLI command, in a fresh temp base directory."""
-    import tempfile
-    return boot(args.comfyui, tempfile.mkdtemp(prefix="sprint-headless-"), cpu=not args.gpu)
-
-
-# Sub-commands of `python <Sprint folder> ...`: name -> module of this pack with a
-# configure(parser) that adds its arguments and sets func(args) -> exit code.
-COMMANDS = {"run": "nodes.headless", "text-cache-bench": "nodes.speed_bench", "light-vae-bench": "nodes.speed_bench",
-            "bench-unet": "nodes.bench_unet", "bench-cfg": "nodes.bench_cfg", "bench-tiling": "nodes.bench_tiling",
-            "bench-sampler": "nodes.sampler_bench", "bench": "nodes.bench"}
-
-
-def main(argv=None):
-    """Sprint's headless jobs on ComfyUI (booted as a library, CPU unless --gpu)."""
+    bench-tiling measures with PyTorch attention unless told otherwise (ComfyUI's CPU default,
+    sub-quadratic, sizes its chunks by the memory free at the time)."""
     import argparse
-    import importlib
-    parser = argparse.ArgumentParser(prog="sprint", description=main.__doc__)
-    parser.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH, else two folders up)")
-    parser.add_argument("--gpu", action="store_true", help="use the GPU if ComfyUI finds one (default: CPU)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    package = __name__.rsplit(".", 2)[0]
-    for name, module in COMMANDS.items():
-        configure = getattr(importlib.import_module(f"{package}.{module}"), f"configure_{name.replace('-', '_')}")
-        configure(sub.add_parser(name, help=configure.__doc__.splitlines()[0]))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    return args.func(args)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--comfyui")
+    pre.add_argument("--gpu", action="store_true")
+    pre.add_argument("--attention", choices=("pytorch", "sub-quad"))
+    pre.add_argument("command", nargs="?")
+    known, _ = pre.parse_known_args(argv)
+    attention = known.attention or ("pytorch" if known.command == "bench-tiling" else None)
+    return known.comfyui, not known.gpu, attention

@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from sprint.engines import unet_engine
-from sprint.engines.artifact_store import SIDECAR, ArtifactStore, artifact_name, read, ArtifactError
-from sprint.engines.onnx_export import ShapeProfile
+from sprint.engines.unet import build as unet_build
+from sprint.engines.unet.artifacts import SIDECAR, ArtifactStore, artifact_name, read, ArtifactError
+from sprint.engines.unet.export import ShapeProfile
 
 KEY = {"backend": "onnxruntime", "precision": "fp32", "weights": "w1", "profile": {"batch": [1, 4]}}
 
@@ -35,15 +35,15 @@ def test_built_once_then_reused(tmp_path):
 
 def test_key_parts_give_distinct_artifacts():
     profile = ShapeProfile()
-    keys = [unet_engine.make_key("w1", "a", profile, "fp32", "onnxruntime", "cpu"),
-            unet_engine.make_key("w2", "a", profile, "fp32", "onnxruntime", "cpu"),           # weights / LoRA
-            unet_engine.make_key("w1", "a", ShapeProfile(batch=(1, 8)), "fp32", "onnxruntime", "cpu"),
-            unet_engine.make_key("w1", "a", profile, "int8", "onnxruntime", "cpu")]
+    keys = [unet_build.make_key("w1", "a", profile, "fp32", "onnxruntime", "cpu"),
+            unet_build.make_key("w2", "a", profile, "fp32", "onnxruntime", "cpu"),           # weights / LoRA
+            unet_build.make_key("w1", "a", ShapeProfile(batch=(1, 8)), "fp32", "onnxruntime", "cpu"),
+            unet_build.make_key("w1", "a", profile, "int8", "onnxruntime", "cpu")]
     assert len({artifact_name(k) for k in keys}) == 4
     assert keys[0]["runtime"].startswith("onnxruntime ") and keys[0]["exporter"].startswith("torch ")
-    assert unet_engine.source_key(keys[3]) == keys[0]
+    assert unet_build.source_key(keys[3]) == keys[0]
     with pytest.raises(ValueError, match="unknown engine"):
-        unet_engine.make_key("w1", "a", profile, "int4", "onnxruntime", "cpu")
+        unet_build.make_key("w1", "a", profile, "int4", "onnxruntime", "cpu")
 
 
 def corrupt_same_size(path):
@@ -108,7 +108,7 @@ def test_concurrent_builders_take_turns(tmp_path):
 
 def test_build_chain_reuses_the_fp32_export(tmp_path):
     from toy_unet import ToyUNet
-    from sprint.engines.onnx_export import export_unet
+    from sprint.engines.unet.export import export_unet
     profile = ShapeProfile(batch=(1, 2), height=(16, 16), width=(16, 16), tokens=(77, 77), multiple=2)
     unet, exports = ToyUNet().eval(), []
 
@@ -116,10 +116,10 @@ def test_build_chain_reuses_the_fp32_export(tmp_path):
         exports.append(folder)
         export_unet(unet, folder, profile, 4, 16)
     store = ArtifactStore(tmp_path)
-    fp16 = unet_engine.make_key("w", "toy", profile, "fp16", "onnxruntime", "cpu")
-    fp32 = unet_engine.make_key("w", "toy", profile, "fp32", "onnxruntime", "cpu")
-    engine = unet_engine.load(unet_engine.build(store, fp16, export), "cpu")
-    unet_engine.build(store, fp32, export)
+    fp16 = unet_build.make_key("w", "toy", profile, "fp16", "onnxruntime", "cpu")
+    fp32 = unet_build.make_key("w", "toy", profile, "fp32", "onnxruntime", "cpu")
+    engine = unet_build.load(unet_build.build(store, fp16, export), "cpu")
+    unet_build.build(store, fp32, export)
     assert len(exports) == 1 and store.lookup(fp32) is not None
     x, t, c = torch.randn(2, 4, 16, 16), torch.tensor([10.0, 500.0]), torch.randn(2, 77, 16)
     with torch.no_grad():

@@ -4,8 +4,8 @@ import sys
 import pytest
 import torch
 
-from sprint.engines import ort_runtime
-from sprint.engines.onnx_export import GRAPH, ShapeProfile, export_unet
+from sprint.engines.unet import ort
+from sprint.engines.unet.export import GRAPH, ShapeProfile, export_unet
 
 from toy_unet import ToyUNet
 
@@ -32,7 +32,7 @@ def inputs(b, h, w, tokens, seed=0):
 @pytest.mark.parametrize("shape", [(1, 16, 16, 77), (2, 32, 24, 154), (4, 16, 32, 77)])
 def test_fp32_matches_pytorch_anywhere_in_the_profile(exported, shape):
     unet, folder = exported
-    engine = ort_runtime.OrtUNet(folder / GRAPH)
+    engine = ort.OrtUNet(folder / GRAPH)
     x, t, c = inputs(*shape)
     with torch.no_grad():
         assert rel(engine(x, t, c), unet(x, t, c)) <= 1e-3
@@ -41,7 +41,7 @@ def test_fp32_matches_pytorch_anywhere_in_the_profile(exported, shape):
 
 def test_fp16_error_is_bounded(exported, tmp_path):
     unet, folder = exported
-    engine = ort_runtime.OrtUNet(ort_runtime.to_fp16(folder / GRAPH, tmp_path / GRAPH))
+    engine = ort.OrtUNet(ort.to_fp16(folder / GRAPH, tmp_path / GRAPH))
     x, t, c = inputs(2, 16, 16, 77)
     with torch.no_grad():
         error = rel(engine(x, t, c), unet(x, t, c))
@@ -60,13 +60,13 @@ def test_profile_says_why_a_shape_does_not_fit():
 
 def test_missing_onnxruntime_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ort_runtime.RuntimeMissing, match="`onnxruntime` package: pip install onnx onnxruntime"):
-        ort_runtime.require()
+    with pytest.raises(ort.RuntimeMissing, match="`onnxruntime` package: pip install onnx onnxruntime"):
+        ort.require()
 
 
 def test_cuda_without_onnxruntime_gpu_is_explained():
     import onnxruntime
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("onnxruntime-gpu is installed here")
-    with pytest.raises(ort_runtime.RuntimeMissing, match="onnxruntime-gpu"):
-        ort_runtime.providers("cuda:0")
+    with pytest.raises(ort.RuntimeMissing, match="onnxruntime-gpu"):
+        ort.providers("cuda:0")

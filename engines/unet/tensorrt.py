@@ -2,15 +2,15 @@
 one optimization profile, run it on torch CUDA tensors.
 
 FP16 builds from the FP32 graph with the FP16 flag; INT8 builds from the QDQ graph that
-quantize.py writes (explicit quantization: TensorRT keeps the calibrated scales).
+int8.py writes (explicit quantization: TensorRT keeps the calibrated scales).
 tensorrt is optional and imported only here, when asked for.
 """
 import pathlib
 
 import torch
 
-from .onnx_export import INPUTS
-from .ort_runtime import RuntimeMissing
+from .export import INPUTS
+from .ort import RuntimeMissing
 
 PLAN = "unet.plan"
 

@@ -1,22 +1,17 @@
 """`python <Sprint> bench-tiling` as the lead runs it, shrunk to the tiny model: every part prints,
 the counted model calls are the ones the plans imply (timings are not asserted)."""
-import os
 import re
-import subprocess
-import sys
 
 import pytest
+
+import harness
 
 pytestmark = pytest.mark.host
 
 
 def test_bench_tiling_command(host, tmp_path):
-    pack = str(host.pack.__file__).rsplit(os.sep, 1)[0]
-    run = subprocess.run([sys.executable, pack, "--comfyui", str(host.comfy_path), "bench-tiling", "--model", "tiny",
-                          "--sizes", "40", "--tile", "192", "--overlap", "64", "--two-stage-size", "16", "--steps", "4"],
-                         capture_output=True, text=True, timeout=900, env=dict(os.environ, SPRINT_CACHE=str(tmp_path)))
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = run.stdout
+    out = harness.cli(host, "bench-tiling", "--model", "tiny", "--sizes", "40", "--tile", "192", "--overlap", "64",
+                      "--two-stage-size", "16", "--steps", "4", cache=tmp_path).stdout
     assert "random weights" in out.splitlines()[0]
     # 40 x 40 latent in tiles of 24 (192 px): 2 x 2 tiles; memory in MB and times are printed
     assert re.search(r"^\s+40\s+320\s+4\s+\d+\s+\d+\s+[\d.]+%", out, re.M), out

@@ -13,7 +13,7 @@ TEXT = "a (red:1.2) lighthouse on a cliff at sunset"
 @pytest.fixture
 def tc(host, tmp_path, monkeypatch):
     """nodes.text_cache with a fresh store in a temp folder."""
-    module = host.module("nodes.text_cache")
+    module = host.pack.nodes.prompt_cache
     monkeypatch.setattr(module, "_cache", module.prompt_cache.PromptCache(64 << 20, tmp_path / "store", 64 << 20))
     return module
 

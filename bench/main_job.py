@@ -10,25 +10,23 @@ noise; only the sampling made fine: dpmpp_2m with --ref-steps steps).
 
 What is cached between runs is what ComfyUI itself keeps: the loaded checkpoint (the same loader
 inputs in every pipeline) stays; the executor drops the outputs the next prompt does not share, so
-every run re-encodes its prompts as after switching workflows, which Sprint's text cache answers.
+every run re-encodes its prompts as after switching workflows, which Sprint's prompt cache answers.
 """
 import copy
 import json
 import statistics
-import time
 
-from .bench_tiling import PeakMemory
-from .headless import PACK_ROOT, boot_for, provide_checkpoint, provide_light_decoder, stock_txt2img
+from ..engines.evaluation import rmse
+from .host import WORKFLOWS
+from .meters import ModelCalls, PeakMemory, timed
+from .run import NEGATIVE, POSITIVE, provide_checkpoint, provide_light_decoder, stock_txt2img, with_checkpoint, with_seed
 
-WORKFLOWS = PACK_ROOT / "workflows" / "api"
 PIPELINES = ("stock", "fast", "quality")
-POSITIVE = "a photograph of a lighthouse on a cliff at sunset, detailed"
-NEGATIVE = "blurry, low quality"
 SAMPLERS = ("KSampler", "SprintKSampler")
 DECODERS = ("VAEDecode", "SprintLightVAEDecode")
 
 
-def configure_bench(parser):
+def configure(parser):
     """`bench`: stock txt2img vs Sprint fast vs Sprint quality, side by side."""
     parser.add_argument("--ckpt", help="checkpoint file (default: a full SD1.5-architecture model with random weights, "
                                        "written once and said so)")
@@ -40,33 +38,23 @@ def configure_bench(parser):
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds (after one untimed warm-up round)")
     parser.add_argument("--ref-steps", type=int, default=60, help="steps of the fine dpmpp_2m reference runs")
     parser.add_argument("--pipelines", default=",".join(PIPELINES), help="which of stock,fast,quality to run")
-    parser.set_defaults(func=bench_command)
+    parser.set_defaults(func=command)
 
 
 def load_pipeline(name, ckpt_name, size, steps=None):
     """The API prompt of a pipeline with the bench's checkpoint, size and prompt (and steps, if given)."""
     if name == "stock":
         return stock_txt2img(ckpt_name, size, size, steps or 20, positive=POSITIVE, negative=NEGATIVE)
-    prompt = json.loads((WORKFLOWS / f"sprint_{name}.json").read_text())
+    prompt = with_checkpoint(json.loads((WORKFLOWS / "api" / f"sprint_{name}.json").read_text()), ckpt_name)
     texts = iter((POSITIVE, NEGATIVE))
     for node in prompt.values():
         inputs = node["inputs"]
-        if node["class_type"] == "CheckpointLoaderSimple":
-            inputs["ckpt_name"] = ckpt_name
-        elif node["class_type"] == "EmptyLatentImage":
+        if node["class_type"] == "EmptyLatentImage":
             inputs["width"] = inputs["height"] = size
         elif node["class_type"] in ("CLIPTextEncode", "SprintCachedTextEncode"):
             inputs["text"] = next(texts)
         if "steps" in inputs and steps:
             inputs["steps"] = steps
-    return prompt
-
-
-def with_seed(prompt, seed):
-    prompt = copy.deepcopy(prompt)
-    for node in prompt.values():
-        if "seed" in node["inputs"]:
-            node["inputs"]["seed"] = seed
     return prompt
 
 
@@ -93,31 +81,14 @@ def final_latent(prompt):
     return next(node["inputs"]["samples"] for node in prompt.values() if node["class_type"] in DECODERS)
 
 
-class UNetCalls:
-    """Counts forward calls (and batch rows) of a diffusion model: a plain torch forward pre-hook."""
-
-    def __init__(self, diffusion_model):
-        self.calls = self.rows = 0
-        self.handle = diffusion_model.register_forward_pre_hook(self)
-
-    def __call__(self, module, args):
-        self.calls += 1
-        self.rows += args[0].shape[0]
-
-    def take(self):
-        counts, (self.calls, self.rows) = (self.calls, self.rows), (0, 0)
-        return counts
+def latent_rmse(a, b):
+    return rmse(a.reshape(1, -1), b.reshape(1, -1)).item()
 
 
-def rmse(a, b):
-    return (a.double() - b.double()).pow(2).mean().sqrt().item()
-
-
-def bench_command(args):
-    host = boot_for(args)
+def command(host, args):
     import comfy.model_management
-    ckpt_name = provide_checkpoint(host, args.ckpt)
-    provide_light_decoder(host, args.light_decoder)
+    ckpt_name = provide_checkpoint(args.ckpt)
+    provide_light_decoder(args.light_decoder)
     names = [n for n in args.pipelines.split(",") if n]
     if unknown := set(names) - set(PIPELINES):
         raise SystemExit(f"unknown pipelines {sorted(unknown)}; choose from {', '.join(PIPELINES)}")
@@ -133,7 +104,7 @@ def bench_command(args):
     warm = host.run(with_seed(prompts[names[0]], 10**6))         # loads the checkpoint, untimed
     loader = next(k for k, v in prompts[names[0]].items() if v["class_type"] == "CheckpointLoaderSimple")
     # the loader's MODEL stays in the executor's cache (same inputs) for every later prompt
-    counter = UNetCalls(warm.output(loader, 0).model.diffusion_model)
+    counter = ModelCalls(warm.output(loader, 0).model.diffusion_model).__enter__()
     stats = {n: {"time": [], "calls": [], "rows": [], "peak": []} for n in names}
     latents = {}
     for round_ in range(args.repeat + 1):                       # round 0: warm-up, and the latents scored
@@ -141,9 +112,7 @@ def bench_command(args):
             prompt = with_seed(prompts[name], round_)
             counter.take()
             with PeakMemory(cuda) as memory:
-                start = time.perf_counter()
-                result = host.run(prompt)
-                seconds = time.perf_counter() - start
+                seconds, result = timed(lambda: host.run(prompt))
             calls, rows = counter.take()
             if round_ == 0:
                 node, slot = final_latent(prompt)
@@ -160,7 +129,7 @@ def bench_command(args):
         result = host.run(with_seed(ref, 0))
         node, slot = final_latent(ref)
         target = result.output(node, slot)["samples"]
-        errors[name] = (rmse(latents[name], target), rmse(latents[name], target) / rmse(target, 0 * target))
+        errors[name] = (latent_rmse(latents[name], target), latent_rmse(latents[name], target) / latent_rmse(target, 0 * target))
 
     print(f"\n{'pipeline':<9} {'median s':>9} {'speed-up':>9} {'UNet calls':>11} {'rows':>6} {'peak MiB':>9} "
           f"{'latent RMSE':>12} {'relative':>9}   (error vs the same pipeline at {args.ref_steps} dpmpp_2m steps)")

@@ -11,8 +11,8 @@
    pixels evaluated, UNet FLOPs (torch's FlopCounterMode around every model call) and time,
    alternating the two (A B A B ...).
 
-The models are SD1.5-architecture networks with random weights (nodes/synthetic.py): time, memory
-and FLOPs do not depend on weight values. Importing this module imports nothing from ComfyUI.
+The models are SD1.5-architecture networks with random weights (bench/synthetic.py): time, memory
+and FLOPs do not depend on weight values.
 """
 import argparse
 import gc
@@ -21,16 +21,20 @@ import os
 import statistics
 import subprocess
 import sys
-import time
+
+import torch
 
 from ..engines import tiling
-from .headless import PACK_ROOT, boot, find_comfyui
+from ..nodes import tiled_diffusion, two_stage
+from ..nodes.tiled_diffusion import ALIGN
+from . import synthetic
+from .host import PACK_ROOT
+from .meters import ModelCalls, PeakMemory, timed
 
-ALIGN = 8     # nodes/tiled_diffusion.py: tile starts on multiples of 8 latent pixels
 OVERHEAD_SIZES = (64, 96, 128, 160, 192, 256, 320, 384, 512)
 
 
-def configure_bench_tiling(parser):
+def configure(parser):
     """`bench-tiling`: tiled vs untiled memory/time, plan overhead, two-stage vs direct compute."""
     parser.add_argument("--model", choices=("full", "shallow", "tiny"), default="full",
                         help="SD1.5-architecture UNet with random weights (full: the real 860 M one)")
@@ -39,7 +43,8 @@ def configure_bench_tiling(parser):
     parser.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (the node's default)")
     parser.add_argument("--attention", choices=("pytorch", "sub-quad"), default="pytorch",
                         help="ComfyUI attention: PyTorch SDPA (GPU default; memory linear in tokens) or "
-                             "sub-quadratic (CPU default; its chunks grow with the memory free at the time)")
+                             "sub-quadratic (CPU default; its chunks grow with the memory free at the time); "
+                             "read before ComfyUI boots")
     parser.add_argument("--two-stage-size", type=int, default=64, help="stage-1 latent side (64 = 512 px)")
     parser.add_argument("--steps", type=int, default=10, help="steps of both generations")
     parser.add_argument("--cfg", type=float, default=1.0,
@@ -50,94 +55,44 @@ def configure_bench_tiling(parser):
     parser.add_argument("--repeat", type=int, default=1, help="A B rounds of the two-stage comparison")
     parser.add_argument("--parts", default="overhead,memory,two-stage", help="which parts to run")
     parser.add_argument("--measure", help=argparse.SUPPRESS)   # worker: one SIZE:MODE measurement
-    parser.set_defaults(func=bench_command)
-
-
-def boot_bench(args):
-    """ComfyUI booted in a temp folder with the chosen attention (set before ComfyUI imports it)."""
-    import tempfile
-    path = find_comfyui(args.comfyui)
-    sys.path.insert(0, str(path))
-    from comfy.cli_args import args as comfy_args
-    comfy_args.use_pytorch_cross_attention = args.attention == "pytorch"
-    return boot(path, tempfile.mkdtemp(prefix="sprint-bench-"), cpu=not args.gpu)
+    parser.set_defaults(func=command)
 
 
 def conditioning(model, seed=0):
     """A random text context of the model's width: timings do not depend on its values."""
-    import torch
-    width = model.model.model_config.unet_config["context_dim"]
-    return [[torch.randn(1, 77, width, generator=torch.Generator().manual_seed(seed)), {}]]
+    return synthetic.random_conditioning(model.model.model_config.unet_config["context_dim"], seed)
 
 
 def evaluate(model, size, cond):
     """Exactly one model evaluation (batch 1, no guidance) on a size x size latent."""
     import comfy.sample
     import comfy.samplers
-    import torch
     latent = torch.zeros(1, 4, size, size)
     comfy.sample.sample_custom(model, torch.randn(latent.shape), 1.0, comfy.samplers.sampler_object("euler"),
                                torch.tensor([1.0, 0.0]), cond, cond, latent, disable_pbar=True, seed=0)
 
 
-class PeakMemory:
-    """Peak memory of a block above its start: torch's peak allocation on CUDA, else the growth of
-    the process's peak resident set (VmHWM, reset through /proc/self/clear_refs; Linux)."""
-
-    def __init__(self, cuda):
-        self.cuda = cuda
-        self.method = "torch.cuda peak allocation" if cuda else "peak RSS (VmHWM) growth"
-
-    @staticmethod
-    def status(field):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
-
-    def __enter__(self):
-        import torch
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.start = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            self.start = self.status("VmRSS")
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        return self
-
-    def __exit__(self, *exc):
-        import torch
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.peak = (torch.cuda.max_memory_allocated() if self.cuda else self.status("VmHWM")) - self.start
-
-
 def measure(args):
     """Worker: one evaluation at --measure SIZE:MODE; prints a JSON line."""
-    import torch
     size, mode = args.measure.split(":")
     size = int(size)
-    host = boot_bench(args)
-    model = host.module("nodes.synthetic").sd15_model(args.model, seed=0)
+    model = synthetic.sd15_model(args.model, seed=0)
     if mode == "tiled":
-        td = host.module("nodes.tiled_diffusion")
-        model = td.apply_tiling(model, td.TiledConfig.from_pixels(args.tile, args.tile, args.overlap))
+        model = tiled_diffusion.apply_tiling(model, tiled_diffusion.TiledConfig.from_pixels(args.tile, args.tile, args.overlap))
     cond = conditioning(model)
     evaluate(model, 16, cond)                    # loads the model and initialises kernels
     gc.collect()
     cuda = torch.cuda.is_available() and not isinstance(model.load_device, str) and model.load_device.type == "cuda"
-    start = time.perf_counter()
-    with PeakMemory(cuda) as memory:       # its exit synchronises CUDA, so the time is complete
-        evaluate(model, size, cond)
-    seconds = time.perf_counter() - start
+    with PeakMemory(cuda) as memory:
+        seconds, _ = timed(lambda: evaluate(model, size, cond))
     peak, baseline = memory.peak, memory.start
     print(json.dumps({"size": size, "mode": mode, "peak_bytes": peak, "seconds": seconds, "baseline_bytes": baseline,
                       "method": memory.method}))
     return 0
 
 
-def run_worker(args, size, mode):
-    cmd = [sys.executable, str(PACK_ROOT), "--comfyui", str(find_comfyui(args.comfyui))] + (["--gpu"] if args.gpu else [])
+def run_worker(host, args, size, mode):
+    cmd = [sys.executable, str(PACK_ROOT), "--comfyui", str(host.comfy_path)] + (["--gpu"] if args.gpu else [])
     cmd += ["bench-tiling", "--model", args.model, "--attention", args.attention, "--tile", str(args.tile),
             "--overlap", str(args.overlap), "--measure", f"{size}:{mode}"]
     run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
@@ -160,7 +115,7 @@ def print_overhead(args):
     return plan(args, 256).overhead
 
 
-def print_memory(args):
+def print_memory(host, args):
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = {}
     print(f"\nOne UNet evaluation (batch 1), untiled vs tiled (tiles <= {args.tile} px, overlap >= {args.overlap} px), "
@@ -168,7 +123,7 @@ def print_memory(args):
     print(f"  {'latent':>7} {'image px':>9} {'tiles':>6} {'untiled MB':>11} {'tiled MB':>9} {'memory':>7} "
           f"{'untiled s':>10} {'tiled s':>8} {'time':>6}")
     for size in sizes:
-        plain, tiled = run_worker(args, size, "untiled"), run_worker(args, size, "tiled")
+        plain, tiled = run_worker(host, args, size, "untiled"), run_worker(host, args, size, "tiled")
         rows[size] = (plain, tiled)
         tiles = len(plan(args, size).tiles)
         print(f"  {size:>7} {size * 8:>9} {tiles:>6} {plain['peak_bytes'] / 2**20:>11.0f} {tiled['peak_bytes'] / 2**20:>9.0f} "
@@ -179,33 +134,13 @@ def print_memory(args):
     return rows
 
 
-class Meter:
-    """APPLY_MODEL wrapper: counts model calls, latent pixels evaluated and FLOPs."""
-
-    def __init__(self):
-        self.calls = self.pixels = self.flops = 0
-
-    def __call__(self, executor, x, *args, **kwargs):
-        from torch.utils.flop_counter import FlopCounterMode
-        self.calls += 1
-        self.pixels += x.shape[0] * x.shape[-2] * x.shape[-1]
-        with FlopCounterMode(display=False) as counter:
-            out = executor(x, *args, **kwargs)
-        self.flops += counter.get_total_flops()
-        return out
-
-
 def print_two_stage(args):
-    host = boot_bench(args)
-    import comfy.patcher_extension
     import comfy.sample
     import comfy.samplers
-    import torch
-    two_stage = host.module("nodes.two_stage")
     node = two_stage.SprintTwoStageUpscale
     denoise = args.denoise if args.denoise is not None else next(
         i.default for i in node.GET_SCHEMA().inputs if i.id == "denoise")
-    base = host.module("nodes.synthetic").sd15_model(args.model, seed=0)
+    base = synthetic.sd15_model(args.model, seed=0)
     positive, negative = conditioning(base, 1), conditioning(base, 2)
     sampler = comfy.samplers.sampler_object(args.sampler)
     small, big = args.two_stage_size, 2 * args.two_stage_size
@@ -229,12 +164,9 @@ def print_two_stage(args):
     generate(base, 16, 0)                                  # load the model before timing
     for round_ in range(args.repeat):
         for name, run in (("direct", direct), ("two-stage", staged)):
-            meter = Meter()
-            model = base.clone()
-            model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "sprint.bench", meter)
-            start = time.perf_counter()
-            run(model, round_)
-            results[name].append((meter, time.perf_counter() - start))
+            with ModelCalls(base.model.diffusion_model, flops=True) as meter:
+                seconds, _ = timed(lambda: run(base.clone(), round_))
+            results[name].append((meter, seconds))
     print(f"\nDirect {big * 8} px vs two-stage {small * 8} px -> 2x ({args.sampler}, {args.scheduler}, {args.steps} steps, "
           f"cfg {args.cfg}; two-stage: latent bislerp, denoise {denoise}), {args.repeat} A B round(s), median time")
     print(f"  {'':>10} {'UNet calls':>11} {'latent px':>11} {'TFLOP':>8} {'time s':>8}")
@@ -248,13 +180,12 @@ def print_two_stage(args):
     return ratio
 
 
-def bench_command(args):
+def command(host, args):
     if args.measure:
         return measure(args)
     import platform
-    import torch
     parts = set(args.parts.split(","))
-    print(f"Sprint bench-tiling | ComfyUI at {find_comfyui(args.comfyui)} | {'GPU if found' if args.gpu else 'CPU'}, "
+    print(f"Sprint bench-tiling | ComfyUI at {host.comfy_path} | {'GPU if found' if args.gpu else 'CPU'}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()} | SD1.5 '{args.model}' "
           f"architecture, random weights (time, memory and FLOPs do not depend on weight values) | "
           f"attention: {args.attention}", flush=True)
@@ -263,7 +194,7 @@ def bench_command(args):
         overhead = print_overhead(args)
         bars.append(f"compute overhead at 256 x 256 latent (2048 px): {overhead:.3f} (bar <= 1.3 at the defaults)")
     if "memory" in parts:
-        rows = print_memory(args)
+        rows = print_memory(host, args)
         if 256 in rows:
             plain, tiled = rows[256]
             bars.append(f"peak memory of one UNet evaluation at 256 x 256 latent, tiled / untiled: "

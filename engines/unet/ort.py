@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import torch
 
-from .onnx_export import GRAPH, save_model
+from .export import GRAPH, save_model
 
 PACKAGE_HINT = "pip install onnx onnxruntime (CPU) or onnxruntime-gpu (CUDA)"
 

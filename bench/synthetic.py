@@ -19,6 +19,7 @@ import comfy.supported_models
 import comfy.taesd.taesd
 import comfy.utils
 
+from ..engines.files import atomic_save
 from ..engines.gmm import GaussianMixture
 
 
@@ -97,12 +98,20 @@ SMALL_KL_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_c
 FULL_KL_DDCONFIG = dict(SMALL_KL_DDCONFIG, ch=128, ch_mult=[1, 2, 4, 4], num_res_blocks=2)
 
 
+def save(sd, path):
+    """A state dict written atomically as safetensors (nothing half-written if interrupted)."""
+    atomic_save(path, lambda tmp: comfy.utils.save_torch_file(sd, str(tmp)))
+    return path
+
+
+def taesd_decoder_file(sd):
+    """The decoder half of a TAESD state dict in the official file's key layout."""
+    return {k[len("taesd_decoder."):]: v for k, v in sd.items() if k.startswith("taesd_decoder.")}
+
+
 def write_taesd_decoder(path, seed=4):
     """A taesd decoder file (official key layout, random weights), as models/vae_approx holds it."""
-    sd = taesd_state_dict(seed=seed)
-    comfy.utils.save_torch_file({k[len("taesd_decoder."):]: v for k, v in sd.items() if k.startswith("taesd_decoder.")},
-                                str(path))
-    return sd
+    return save(taesd_decoder_file(taesd_state_dict(seed=seed)), path)
 
 
 def kl_state_dict(ddconfig=FULL_KL_DDCONFIG, seed=0):
@@ -135,8 +144,14 @@ def sd15_checkpoint_state_dict(unet="shallow", vae="taesd", seed=0, dtype=torch.
 
 def write_sd15_checkpoint(path, unet="shallow", vae="taesd", seed=0):
     """Write sd15_checkpoint_state_dict to `path` (safetensors) and return the path."""
-    comfy.utils.save_torch_file(sd15_checkpoint_state_dict(unet, vae, seed), str(path))
-    return path
+    return save(sd15_checkpoint_state_dict(unet, vae, seed), path)
+
+
+def random_conditioning(context_dim, seed=0, tokens=77):
+    """A CONDITIONING of random text embeddings of a model's width: stands in for a prompt where
+    only shapes matter (timings, call counts), without a text encoder."""
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, context_dim, generator=g), {}]]
 
 
 class GMMLatentFormat(comfy.latent_formats.LatentFormat):
@@ -146,9 +161,17 @@ class GMMLatentFormat(comfy.latent_formats.LatentFormat):
         self.latent_channels = channels
 
 
-class _NoUNet(torch.nn.Module):
-    """Stands where the UNet would; ComfyUI reads the model dtype from it."""
+class MixtureDenoiser(torch.nn.Module):
+    """Stands where the UNet would (ComfyUI reads the model dtype from it, meters hook its calls):
+    the exact mixture denoiser D(x; sigma, label)."""
     dtype = torch.float32
+
+    def __init__(self, gmm):
+        super().__init__()
+        self.gmm = gmm
+
+    def forward(self, x, sigma, label=None):
+        return self.gmm.denoise(x, sigma, label)
 
 
 class GMMModel(comfy.model_base.BaseModel):
@@ -163,8 +186,7 @@ class GMMModel(comfy.model_base.BaseModel):
         conf = comfy.supported_models.SD15({"disable_unet_model_creation": True})
         conf.latent_format = GMMLatentFormat(gmm.shape[0])
         super().__init__(conf, model_type=model_type, device=torch.device("cpu"))
-        self.diffusion_model = _NoUNet()
-        self.gmm = gmm
+        self.diffusion_model = MixtureDenoiser(gmm)
         self.flow = model_type == comfy.model_base.ModelType.FLOW
 
     def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
@@ -174,7 +196,7 @@ class GMMModel(comfy.model_base.BaseModel):
         if self.flow:
             keep = (1 - sigma).clamp(min=1e-6)
             state, sigma = state / keep.reshape(-1, 1, 1, 1), sigma / keep
-        return self.gmm.denoise(state, sigma, label).to(x.dtype)
+        return self.diffusion_model(state, sigma, label).to(x.dtype)
 
 
 def gmm_model(gmm, model_type="eps"):

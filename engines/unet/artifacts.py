@@ -15,7 +15,7 @@ import pathlib
 import shutil
 import tempfile
 
-from .files import atomic_write, digest, file_lock
+from ..files import atomic_write, digest, file_lock
 
 log = logging.getLogger("sprint")
 

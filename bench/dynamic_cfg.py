@@ -6,23 +6,22 @@
    plain-CFG ODE, class fidelity and within-class spread (of the samples and of the exact ODE).
 2. The tiny SD1.5-architecture UNet through KSampler: real UNet calls per schedule (txt2img and
    img2img), output difference against plain CFG, and a side-by-side wall-time ratio.
-
-ComfyUI is imported inside the functions: the CLI builds its parser before booting the host.
 """
-import contextlib
 import math
-import statistics
 import time
 
 import torch
 
 from ..engines import evaluation, guidance
 from ..engines.gmm import GaussianMixture
+from ..nodes import dynamic_cfg
+from . import synthetic
+from .meters import ModelCalls, side_by_side
+
 
 def schedules():
     """Benchmarked schedules: name -> SprintDynamicCFG settings (None = unpatched, plain CFG)."""
-    from .dynamic_cfg import SprintDynamicCFG
-    defaults = {i.id: i.default for i in SprintDynamicCFG.define_schema().inputs if i.id != "model"}
+    defaults = {i.id: i.default for i in dynamic_cfg.SprintDynamicCFG.define_schema().inputs if i.id != "model"}
     return {
         "plain CFG": None,
         "constant": dict(defaults, schedule="constant"),
@@ -34,42 +33,7 @@ def schedules():
 
 
 def patched(model, settings):
-    from . import dynamic_cfg
     return model if settings is None else dynamic_cfg.patch(model, **settings)
-
-
-def counted(model):
-    """A clone recording (sigma, rows) of every apply_model call: one model evaluation per row."""
-    import comfy.patcher_extension
-    calls = []
-
-    def count(executor, x, t, *args, **kwargs):
-        calls.append((float(t.reshape(-1)[0]), x.shape[0]))
-        return executor(x, t, *args, **kwargs)
-
-    model = model.clone()
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "sprint.bench_cfg.count", count)
-    return model, calls
-
-
-@contextlib.contextmanager
-def unet_calls(unet):
-    """Records (sigma, rows) of every UNet evaluation that really computes: the output layer of the
-    UNet runs (a cache such as EasyCache that skips the UNet body is not counted)."""
-    calls, sigma = [], {}
-
-    def enter(module, args, kwargs):
-        sigma["now"] = float(kwargs["transformer_options"]["sigmas"].reshape(-1)[0])
-
-    def computed(module, args):
-        calls.append((sigma["now"], args[0].shape[0]))
-
-    hooks = [unet.register_forward_pre_hook(enter, with_kwargs=True), unet.out.register_forward_pre_hook(computed)]
-    try:
-        yield calls
-    finally:
-        for h in hooks:
-            h.remove()
 
 
 def sample_gmm(model, sampler, sigmas, noise, positive, negative, cfg):
@@ -112,9 +76,8 @@ def guided_reference(memo, mixture, schedule, cfg, label, x_T, sigma_from):
     return x
 
 
-def bench_gmm(synthetic, args, offset):
+def bench_gmm(args, offset):
     import comfy.samplers
-    from . import dynamic_cfg
     mixture = GaussianMixture.image_like(shape=args.shape, components=args.components, classes=args.classes,
                                          offset=offset, seed=args.mixture_seed)
     label = args.label
@@ -133,12 +96,12 @@ def bench_gmm(synthetic, args, offset):
               + " | ".join(f"{s + ' err mean/max':>24} {'vs plain':>8} {'fid':>5} {'spread':>6}" for s in args.samplers))
         for name, settings in schedules().items():
             schedule = plain_schedule if settings is None else dynamic_cfg.resolve_schedule(settings, model_sampling)
-            model, calls = counted(patched(base, settings))
+            model = patched(base, settings)
             results = []
             for sampler in args.samplers:
-                calls.clear()
-                x_T, x = sample_gmm(model, sampler, sigmas, noise, positive, negative, cfg)
-                results.append((x, sum(rows for _, rows in calls) / args.batch))
+                with ModelCalls(base.model.diffusion_model) as calls:
+                    x_T, x = sample_gmm(model, sampler, sigmas, noise, positive, negative, cfg)
+                results.append((x, calls.rows / args.batch))
             exact, plain = (guided_reference(memo, mixture, s, cfg, label, x_T, float(sigmas[0]))
                             for s in (schedule, plain_schedule))
             evals = results[0][1]
@@ -152,7 +115,7 @@ def bench_gmm(synthetic, args, offset):
         print(f"({time.perf_counter() - start:.0f} s, exact references included)")
 
 
-def bench_unet(synthetic, args):
+def bench_unet(args):
     import nodes
     model, clip = synthetic.sd15_model(args.unet, seed=0), synthetic.sd15_clip(tiny=args.unet == "tiny", seed=0)
     positive = nodes.CLIPTextEncode().encode(clip, "a lighthouse on a cliff at sunset")[0]
@@ -170,29 +133,25 @@ def bench_unet(synthetic, args):
     plain = {}
     for denoise in (1.0, 0.5):
         for name, settings in schedules().items():
-            with unet_calls(model.model.diffusion_model) as calls:
+            unet = model.model.diffusion_model
+            with ModelCalls(unet, at=unet.out) as calls:     # counts evaluations that compute (not cache hits)
                 out = ksampler(patched(model, settings), denoise)
-            evals = sum(rows for _, rows in calls)
+            evals = calls.rows
             plain.setdefault(denoise, (out, evals))
             diff = (out - plain[denoise][0]).abs().max().item()
-            print(f"{name:<20} {denoise:>7} {len(calls):>10} {evals:>6} {1 - evals / plain[denoise][1]:>6.1%} {diff:>15.3g}")
+            print(f"{name:<20} {denoise:>7} {calls.calls:>10} {evals:>6} {1 - evals / plain[denoise][1]:>6.1%} {diff:>15.3g}")
 
     if args.repeat:
         fast = patched(model, schedules()["interval (default)"])
-        times = {"plain CFG": [], "interval (default)": []}
-        ksampler(model)  # warm-up
-        for _ in range(args.repeat):      # A B A B ... on the same inputs
-            for name, m in (("plain CFG", model), ("interval (default)", fast)):
-                start = time.perf_counter()
-                ksampler(m)
-                times[name].append(time.perf_counter() - start)
-        a, b = (statistics.median(times[k]) for k in times)
-        print(f"wall time, median of {args.repeat} side-by-side runs: plain {a:.3f} s, interval {b:.3f} s, "
-              f"ratio {a / b:.2f}x (CPU; batch-2 UNet calls cost less than two batch-1 calls, so the time saved "
-              f"is below the evaluations saved)")
+        t = side_by_side({"plain CFG": lambda i: ksampler(model), "interval": lambda i: ksampler(fast)}, args.repeat,
+                         warmup=True)
+        a, b = t["plain CFG"], t["interval"]
+        print(f"wall time, median of {args.repeat} side-by-side runs on {model.load_device}: plain {a:.3f} s, "
+              f"interval {b:.3f} s, ratio {a / b:.2f}x (a batch-2 UNet call costs less than two batch-1 calls, so "
+              f"the time saved is below the evaluations saved)")
 
 
-def configure_bench_cfg(parser):
+def configure(parser):
     """`bench-cfg`: dynamic CFG schedules vs plain CFG: UNet evaluations, exact-ODE error, class fidelity."""
     floats = lambda s: [float(v) for v in s.split(",")]  # noqa: E731
     parser.add_argument("--cfg", type=floats, default=[3.0, 7.0], help="guidance scales, comma-separated (default 3,7)")
@@ -214,20 +173,17 @@ def configure_bench_cfg(parser):
     parser.add_argument("--size", type=int, default=64, help="image side in pixels for the UNet part (default 64)")
     parser.add_argument("--repeat", type=int, default=3, help="side-by-side timed runs for the UNet part (0 = none)")
     parser.add_argument("--skip-gmm", action="store_true", help="only the UNet part")
-    parser.set_defaults(func=bench_cfg_command)
+    parser.set_defaults(func=command)
 
 
-def bench_cfg_command(args):
-    from .headless import boot_for
-    host = boot_for(args)
-    synthetic = host.module("nodes.synthetic")
+def command(host, args):
     torch.set_grad_enabled(False)
     print(f"bench-cfg on ComfyUI {host.comfy_path}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    bench_unet(synthetic, args)
+    bench_unet(args)
     if not args.skip_gmm:
         print("\nerr: RMSE vs the exact ODE of the schedule's own guided denoiser D_u + w(sigma)(D_c - D_u) (mean/max); "
               "vs plain: RMSE vs the plain-CFG ODE; fid: class fidelity; spread: within-class |x-mu|^2/tr(Sigma) "
               "(1 = the data's); exact: of the schedule's exact ODE solution")
     for offset in [] if args.skip_gmm else args.offsets:
-        bench_gmm(synthetic, args, offset)
+        bench_gmm(args, offset)
     return 0

@@ -1,0 +1,29 @@
+"""`python <Sprint> run`: the stock workflow on a given checkpoint, and a bundled Sprint workflow on
+the embedded default model (the light decoder is provided too)."""
+import os
+
+import pytest
+
+import harness
+
+pytestmark = pytest.mark.host
+
+
+def test_run_command_on_a_given_checkpoint(host, sd15_checkpoint, tmp_path):
+    import folder_paths
+    ckpt = os.path.join(folder_paths.get_folder_paths("checkpoints")[0], sd15_checkpoint)
+    run = harness.cli(host, "run", "--ckpt", ckpt, "--size", "64", "--steps", "2", "--repeat", "2", cache=tmp_path)
+    lines = run.stdout.splitlines()
+    assert any(line.startswith("run 2: ") for line in lines)
+    assert "median" in lines[-1] and "sprint_" in lines[-1]
+    assert "random weights" not in run.stdout           # a given checkpoint is not called random
+
+
+def test_run_sprint_fast_workflow_provides_its_light_decoder(host, sd15_checkpoint, tmp_path):
+    """Once failed with "taesd_decoder ... is not in models/vae_approx": the command now provides it."""
+    import folder_paths
+    ckpt = os.path.join(folder_paths.get_folder_paths("checkpoints")[0], sd15_checkpoint)
+    workflow = harness.hostlib.WORKFLOWS / "api" / "sprint_fast.json"
+    run = harness.cli(host, "run", "--workflow", workflow, "--ckpt", ckpt, cache=tmp_path)
+    assert "run 1: " in run.stdout and "sprint_fast" in run.stdout.splitlines()[-1]
+    assert "writing a random-weight vae_approx" in run.stdout      # the stand-in decoder is announced
