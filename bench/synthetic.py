@@ -110,8 +110,11 @@ def taesd_decoder_file(sd):
 
 
 def write_taesd_decoder(path, seed=4):
-    """A taesd decoder file (official key layout, random weights), as models/vae_approx holds it."""
-    return save(taesd_decoder_file(taesd_state_dict(seed=seed)), path)
+    """A taesd decoder file (official key layout, random weights), as models/vae_approx holds it;
+    returns the whole TAESD state dict it came from (for ComfyUI's own TAESD-as-VAE)."""
+    sd = taesd_state_dict(seed=seed)
+    save(taesd_decoder_file(sd), path)
+    return sd
 
 
 def kl_state_dict(ddconfig=FULL_KL_DDCONFIG, seed=0):

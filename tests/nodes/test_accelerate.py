@@ -151,6 +151,26 @@ def test_engine_memory_is_reported(acc, tiny_model, conds):
     assert slot.runtime is None and patcher.loaded_size() == 0
 
 
+def test_slot_is_shared_by_clones_and_released_with_its_models(acc, tiny_model, conds):
+    """No module-level registry: ModelPatcher.clone copies the wrapper lists, not their contents,
+    so a clone (as every downstream patch node makes) drives the same Slot, and the Slot with its
+    ONNX Runtime session goes when the last model holding it goes."""
+    import gc
+    import weakref
+    import comfy.model_management as mm
+    model, slot = accelerated(acc, tiny_model)
+    clone = model.clone()
+    clone.model_options["transformer_options"]["sprint.test"] = True     # a patch node's typical change
+    sample(clone, conds)
+    assert slot.stats["engine_calls"] == 4 and slot.runtime is not None
+    released = weakref.ref(slot.runtime)
+    slot_ref = weakref.ref(slot)
+    del model, clone, slot
+    mm.cleanup_models_gc()
+    gc.collect()
+    assert slot_ref() is None and released() is None
+
+
 def test_int8_calibrates_on_first_run_then_runs_quantized(acc, tiny_model, conds):
     model, slot = accelerated(acc, tiny_model, precision="int8")
     ref = sample(tiny_model, conds, steps=8)
@@ -212,7 +232,7 @@ def test_accelerate_node_in_a_prompt(host, acc, tiny_model, tiny_clip, taesd_vae
 def test_engine_failure_runs_pytorch(acc, tiny_model, conds, monkeypatch):
     def broken(artifact, device):
         raise RuntimeError("session creation failed")
-    monkeypatch.setattr(acc.unet_engine, "load", broken)
+    monkeypatch.setattr(acc.chain, "load", broken)
     model, slot = accelerated(acc, tiny_model)
     assert torch.equal(sample(model, conds), sample(tiny_model, conds))
     assert slot.stats["pytorch_calls"] == 4 and "session creation failed" in slot.run_reason

@@ -1,6 +1,7 @@
 """SprintDynamicCFG in ComfyUI: real UNet calls per step, equality with plain CFG and with the
 conditional prediction, img2img, areas and batches, every sampling entry point, composition with a
 second Sprint patch and with core guidance nodes, and EPS/V/flow against the engine's guided ODE."""
+import contextlib
 import copy
 import logging
 
@@ -10,6 +11,7 @@ import torch
 import harness
 from sprint.engines import evaluation, gmm as G, guidance
 from sprint.bench import host as hostlib
+from sprint.bench.meters import ModelCalls
 
 pytestmark = pytest.mark.host
 
@@ -53,6 +55,14 @@ def ksampler(model, positive, negative, cfg=CFG, denoise=1.0, latent=None, sampl
                                    denoise=denoise)[0]["samples"]
 
 
+@contextlib.contextmanager
+def unet_calls(unet):
+    """[(sigma, rows)] of the UNet evaluations that compute (its output layer runs; a cache such as
+    EasyCache that skips the body is not counted), live while the block runs."""
+    with ModelCalls(unet, at=unet.out) as meter:
+        yield meter.sigmas
+
+
 def rows_per_step(calls):
     """[(sigma, rows)] of real UNet evaluations, summed per sigma, in sampling order."""
     steps = {}
@@ -80,7 +90,7 @@ def test_constant_schedule_is_plain_cfg_bit_for_bit_through_ksampler(host, bench
             latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=2)
             sample = g.node("KSampler", model=model, positive=pos.out(0), negative=neg.out(0), latent_image=latent.out(0),
                             seed=3, steps=STEPS, cfg=7.5, sampler_name=sampler, scheduler="karras", denoise=1.0)
-            with bench.unet_calls(tiny_model.model.diffusion_model) as calls:
+            with unet_calls(tiny_model.model.diffusion_model) as calls:
                 (latent,) = run(host, g, sample)
             outputs[sampler, name] = latent, sum(r for _, r in calls)
         (plain, n_plain), (const, n_const) = outputs[sampler, "plain"], outputs[sampler, "constant"]
@@ -90,7 +100,7 @@ def test_constant_schedule_is_plain_cfg_bit_for_bit_through_ksampler(host, bench
 def test_interval_leaves_out_the_uncond_outside_the_window(host, dc, bench, tiny_model, prompts, caplog):
     import comfy.samplers
     positive, negative, _ = prompts
-    with bench.unet_calls(tiny_model.model.diffusion_model) as calls, caplog.at_level(logging.INFO, "sprint"):
+    with unet_calls(tiny_model.model.diffusion_model) as calls, caplog.at_level(logging.INFO, "sprint"):
         ksampler(dc.patch(tiny_model, **settings(bench)), positive, negative)
     sigmas = comfy.samplers.calculate_sigmas(tiny_model.get_model_object("model_sampling"), "karras", STEPS)[:-1]
     steps = rows_per_step(calls)
@@ -111,13 +121,13 @@ def test_scale_one_is_exactly_the_conditional_prediction_with_areas_and_a_batch(
     latent = {"samples": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
     unguided = dc.patch(tiny_model, **settings(bench, schedule="phases", strength_high=0.0, strength_mid=0.0, strength_low=0.0))
     unet = tiny_model.model.diffusion_model
-    with bench.unet_calls(unet) as calls_cfg1:
+    with unet_calls(unet) as calls_cfg1:
         want = ksampler(tiny_model, areas, negative, cfg=1.0, latent=latent)
-    with bench.unet_calls(unet) as calls:
+    with unet_calls(unet) as calls:
         got = ksampler(unguided, areas, negative, cfg=CFG, latent=latent)
     assert torch.equal(got, want)
     assert [r for _, r in rows_per_step(calls)] == [r for _, r in rows_per_step(calls_cfg1)] == [4] * STEPS
-    with bench.unet_calls(unet) as calls:       # the interval: 2 areas x 2 latents, + 2 uncond rows inside
+    with unet_calls(unet) as calls:       # the interval: 2 areas x 2 latents, + 2 uncond rows inside
         ksampler(dc.patch(tiny_model, **settings(bench)), areas, negative, latent=latent)
     # ComfyUI gives the negative a copy per positive area (create_cond_with_same_area_if_none): 3 x 2 rows
     assert [r for _, r in rows_per_step(calls)] == [interval_rows(s, 4, 6) for s, _ in rows_per_step(calls)]
@@ -127,7 +137,7 @@ def test_img2img_follows_sigma_not_step(host, dc, bench, tiny_model, prompts):
     import comfy.samplers
     positive, negative, _ = prompts
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))}
-    with bench.unet_calls(tiny_model.model.diffusion_model) as calls:
+    with unet_calls(tiny_model.model.diffusion_model) as calls:
         ksampler(dc.patch(tiny_model, **settings(bench)), positive, negative, denoise=0.5, latent=latent, steps=10)
     tail = comfy.samplers.calculate_sigmas(tiny_model.get_model_object("model_sampling"), "karras", 20)[-11:-1]
     steps = rows_per_step(calls)
@@ -152,7 +162,7 @@ def test_same_result_through_ksampler_samplercustom_and_advanced(host, bench, ti
     guider = g.node("CFGGuider", model=model, **common).out(0)
     advanced = g.node("SamplerCustomAdvanced", noise=g.node("RandomNoise", noise_seed=5).out(0), guider=guider,
                       sampler=sampler, sigmas=sigmas, latent_image=latent)
-    with bench.unet_calls(tiny_model.model.diffusion_model) as calls:
+    with unet_calls(tiny_model.model.diffusion_model) as calls:
         outs = run(host, g, k, custom, advanced)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
     assert sum(r for _, r in calls) == 3 * 29
@@ -165,7 +175,7 @@ def test_two_stacked_schedules_multiply(host, dc, bench, tiny_model, prompts):
     single = ksampler(dc.patch(tiny_model, **settings(bench, sigma_high=5.42, sigma_low=1.0)), positive, negative)
     unet = tiny_model.model.diffusion_model
     for first, second in ((a, b), (b, a)):
-        with bench.unet_calls(unet) as calls:
+        with unet_calls(unet) as calls:
             stacked = ksampler(dc.patch(dc.patch(tiny_model, **first), **second), positive, negative)
         assert torch.equal(stacked, single)
         assert [r for _, r in rows_per_step(calls)] == [interval_rows(s, 1, 1, low=1.0) for s, _ in rows_per_step(calls)]
@@ -197,7 +207,7 @@ def test_perpneg_keeps_its_empty_prompt_pass(host, dc, bench, tiny_model, prompt
     from comfy_extras.nodes_perpneg import PerpNeg
     positive, negative, empty = prompts
     perpneg = PerpNeg.execute(tiny_model, empty, 1.0).result[0]
-    with bench.unet_calls(tiny_model.model.diffusion_model) as calls:
+    with unet_calls(tiny_model.model.diffusion_model) as calls:
         ksampler(dc.patch(perpneg, **settings(bench)), positive, negative)
     assert [r for _, r in rows_per_step(calls)] == [interval_rows(s, 2, 1) for s, _ in rows_per_step(calls)]
     unguided = dc.patch(perpneg, **settings(bench, schedule="phases", strength_high=0.0, strength_mid=0.0, strength_low=0.0))
@@ -210,13 +220,13 @@ def test_easycache_composes_even_when_it_skips_before_the_interval(host, dc, ben
     from comfy_extras.nodes_easycache import EasyCacheNode
     positive, negative, _ = prompts
     unet = tiny_model.model.diffusion_model
-    with bench.unet_calls(unet) as alone:
+    with unet_calls(unet) as alone:
         ksampler(dc.patch(tiny_model, **settings(bench)), positive, negative)
     for order in ("sprint first", "easycache first"):
         cache = lambda m: EasyCacheNode.execute(m, 3.0, 0.0, 0.95, False).result[0]  # noqa: E731
         model = cache(dc.patch(tiny_model, **settings(bench))) if order == "sprint first" else \
             dc.patch(cache(tiny_model), **settings(bench))
-        with bench.unet_calls(unet) as calls:
+        with unet_calls(unet) as calls:
             out = ksampler(model, positive, negative)
         assert torch.isfinite(out).all()
         assert sum(r for _, r in calls) < sum(r for _, r in alone), order
@@ -272,10 +282,12 @@ def emulate(mixture, schedule, x_T, sigmas, flow, post=None, label=1):
 
 
 def gmm_run(synthetic, bench, mixture, model, sigmas, seed=1):
+    """(x_T, sample, [(sigma, rows)] of the mixture's evaluations) of a euler run."""
     noise = torch.randn((2,) + SHAPE, generator=torch.Generator().manual_seed(seed))
-    model, calls = bench.counted(model)
-    x_T, x = bench.sample_gmm(model, "euler", sigmas, noise, synthetic.gmm_conditioning(1), synthetic.gmm_conditioning(-1), CFG)
-    return x_T, x, calls
+    with ModelCalls(model.model.diffusion_model) as calls:
+        x_T, x = bench.sample_gmm(model, "euler", sigmas, noise, synthetic.gmm_conditioning(1),
+                                  synthetic.gmm_conditioning(-1), CFG)
+    return x_T, x, calls.sigmas
 
 
 @pytest.mark.parametrize("model_type", ["eps", "v_prediction", "flow"])
