@@ -187,3 +187,104 @@ def test_orphans_of_a_crash_are_adopted_and_stale_temp_files_removed(tmp_path):
     P.PromptCache(KB * KB, tmp_path, 10 * KB * KB).put(K("b"), conditioning(1))
     assert set(json.loads((tmp_path / P.INDEX).read_text())["entries"]) == {K("a"), K("b")}
     assert not stale.exists() and fresh.exists()
+
+
+def test_changed_header_metadata_is_a_miss_then_rewritten(tmp_path, caplog):
+    """The digest covers the skeleton: an edited (still valid JSON) header is corrupt, not a KeyError."""
+    import safetensors.torch
+    cache = P.PromptCache(KB * KB, tmp_path, 10 * KB * KB)
+    cache.put(K("k"), conditioning(3))
+    path = tmp_path / f"{K('k')}.safetensors"
+    with P.safetensors.safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    skeleton = json.loads(meta["skeleton"])
+    skeleton[0][0] = {"tensor": "t9"}                    # names a tensor that is not there
+    safetensors.torch.save_file(tensors, str(path), metadata=dict(meta, skeleton=json.dumps(skeleton)))
+    fresh = P.PromptCache(KB * KB, tmp_path, 10 * KB * KB)
+    with caplog.at_level(logging.WARNING, "sprint"):
+        assert fresh.get(K("k")) == (None, "miss")
+    assert "unreadable entry" in caplog.text
+    fresh.put(K("k"), conditioning(3))
+    assert_identical(P.PromptCache(KB * KB, tmp_path, 10 * KB * KB).get(K("k"))[0], conditioning(3))
+    with pytest.raises(ValueError, match="unknown skeleton node"):
+        P.unflatten({}, [{"bogus": 1}])                  # never a silently wrong CONDITIONING
+
+
+@pytest.mark.parametrize("index", [[1, 2], {"entries": []}, {"entries": {"x": "y"}},
+                                   {"entries": {K("a"): {"used": "yesterday", "bytes": "many"}}}, "null"])
+def test_a_malformed_index_is_repaired(tmp_path, index):
+    P.PromptCache(KB * KB, tmp_path, 10 * KB * KB).put(K("a"), conditioning(0))
+    (tmp_path / P.INDEX).write_text(index if isinstance(index, str) else json.dumps(index))
+    cache = P.PromptCache(KB * KB, tmp_path, 10 * KB * KB)
+    assert cache.stats()["disk_entries"] == 1
+    cache.put(K("b"), conditioning(1))
+    assert set(json.loads((tmp_path / P.INDEX).read_text())["entries"]) == {K("a"), K("b")}
+    (tmp_path / P.INDEX).write_text(json.dumps({"entries": {K("a"): {"used": []}}}))
+    cache.clear(disk=True)
+    assert list(tmp_path.glob("*.safetensors")) == [] and cache.stats()["disk_entries"] == 0
+
+
+def test_only_its_own_entries_are_ever_adopted_or_deleted(tmp_path):
+    import safetensors.torch
+    mine = tmp_path / "my_lora.safetensors"
+    safetensors.torch.save_file({"w": torch.ones(4096)}, str(mine))     # a user's file in the folder
+    shaped = tmp_path / f"{K('x').upper()}.safetensors"                  # not a key digest either
+    shaped.write_bytes(mine.read_bytes())
+    users = sorted([mine.name, shaped.name])
+    P.PromptCache(KB * KB, tmp_path, 10 * KB * KB).put(K("a"), conditioning(0))
+    entry = (tmp_path / f"{K('a')}.safetensors").stat().st_size
+    cache = P.PromptCache(KB * KB, tmp_path, int(1.5 * entry))           # room for one entry, not two
+    cache.put(K("b"), conditioning(1))                                   # evicts a, and only a
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == sorted(users + [f"{K('b')}.safetensors"])
+    assert cache.stats()["disk_entries"] == 1
+    cache.clear(disk=True)
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == users
+
+
+def test_an_entry_larger_than_the_disk_bound_does_not_empty_the_cache(tmp_path):
+    cache = P.PromptCache(10 * KB * KB, tmp_path, 100 * KB)
+    cache.put(K("a"), conditioning(0))
+    cache.put(K("b"), conditioning(1))
+    cache.put(K("huge"), conditioning(2, tokens=77 * 8))       # ~160 KiB > the 100 KiB bound
+    assert sorted(p.stem for p in tmp_path.glob("*.safetensors")) == sorted([K("a"), K("b")])
+    assert cache.get(K("huge"))[1] == "memory"
+
+
+def test_a_read_only_existing_folder_serves_hits_and_goes_memory_only(tmp_path, caplog):
+    """A real read-only bind mount: stats, hits and clear work; new entries stay in memory."""
+    P.PromptCache(KB * KB, tmp_path, 10 * KB * KB).put(K("a"), conditioning(0))
+    (tmp_path / (P.INDEX + ".lock")).unlink()
+    with faults.read_only(tmp_path):
+        cache = P.PromptCache(KB * KB, tmp_path, 10 * KB * KB)
+        assert cache.stats()["disk_entries"] == 1
+        assert cache.get(K("a"))[1] == "disk"
+        with caplog.at_level(logging.WARNING, "sprint"):
+            for i in range(3):
+                cache.put(K(f"k{i}"), conditioning(i))
+        assert caplog.text.count("memory-only") == 1 and "Read-only file system" in caplog.text
+        assert cache.get(K("k2"))[1] == "memory"
+        cache.clear(disk=True)
+    assert [p.stem for p in tmp_path.glob("*.safetensors")] == [K("a")]
+
+
+def test_a_missing_folder_on_a_read_only_volume(tmp_path, caplog):
+    with faults.read_only(tmp_path):
+        cache = P.PromptCache(KB * KB, tmp_path / "sprint_text_cache", 10 * KB * KB)
+        assert cache.stats()["disk_entries"] == 0
+        with caplog.at_level(logging.WARNING, "sprint"):
+            cache.put(K("a"), conditioning(0))
+            cache.put(K("b"), conditioning(1))
+        assert caplog.text.count("memory-only") == 1 and cache.get(K("b"))[1] == "memory"
+        cache.clear(disk=True)
+
+
+def test_a_symlinked_lock_file_creates_nothing_outside(tmp_path, caplog):
+    folder, outside = tmp_path / "cache", tmp_path / "outside"
+    folder.mkdir(), outside.mkdir()
+    (folder / (P.INDEX + ".lock")).symlink_to(outside / "planted")
+    cache = P.PromptCache(KB * KB, folder, 10 * KB * KB)
+    with caplog.at_level(logging.WARNING, "sprint"):
+        cache.put(K("a"), conditioning(0))
+        stats = cache.stats()
+    assert stats["disk_disabled"] and "memory-only" in caplog.text and cache.get(K("a"))[1] == "memory"
+    assert list(outside.iterdir()) == []
