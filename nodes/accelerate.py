@@ -202,8 +202,9 @@ def _diffusion_model(slot, executor, x, timesteps=None, context=None, y=None, co
         except mm.InterruptProcessingException:
             raise
         except Exception as e:          # a failed build or run costs speed for this run, never the image
-            log.warning("Sprint engine failed", exc_info=True)
             reason = slot.run_reason = f"the engine failed ({type(e).__name__}: {e})"
+            if reason not in slot.reasons:       # e.g. a read-only models volume: once, not every run
+                log.warning("Sprint engine failed", exc_info=True)
     if reason is not None:
         slot.fallback(reason)
     return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
