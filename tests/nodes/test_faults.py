@@ -303,3 +303,56 @@ def test_a_crafted_engine_prompt_against_the_real_server(comfy_server, sd15_chec
     assert "engine '../../input/x' is not one of" in error["exception_message"]
     assert "zero" not in error["exception_message"]
     assert comfy_server.get("/queue")["queue_running"] == []
+
+
+# ---- load: 50 prompts back to back ----
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_fifty_prompts_hold_memory_and_release_engines(host, pack, tc, tiny_model, tiny_clip):
+    """Cached encode + SprintKSampler + SprintAccelerateUNet (onnxruntime fp32) on the tiny model
+    through the executor, 50 prompts, each a new text and a new accelerated MODEL (its source
+    changes, so the executor re-runs Accelerate): RSS growth after the first 10 stays under 50 MB,
+    and the engine slots and ONNX Runtime sessions of replaced models are released with them."""
+    import gc
+    import weakref
+    import harness
+    from comfy_execution.graph_utils import GraphBuilder
+    ort = host.pack.engines.unet.ort
+    sessions, made, rss = weakref.WeakSet(), [], {}
+    created = ort.OrtUNet.__init__
+
+    def tracked(self, *args, **kwargs):
+        created(self, *args, **kwargs)
+        sessions.add(self)
+        made.append(1)
+    ort.OrtUNet.__init__ = tracked
+    try:
+        for i in range(1, 51):
+            g = GraphBuilder()
+            model = g.node("SprintAccelerateUNet", model=harness.source(g, "MODEL", tiny_model), backend="onnxruntime",
+                           precision="fp32", max_batch=4, min_size=64, max_size=128, max_tokens=231)
+            clip = harness.source(g, "CLIP", tiny_clip)
+            positive = g.node("SprintCachedTextEncode", clip=clip, text=f"a photo of a cat, number {i}")
+            negative = g.node("SprintCachedTextEncode", clip=clip, text="blurry")
+            latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
+            sampler = g.node("SprintKSampler", model=model.out(0), seed=i, steps=4, cfg=6.0, preset="balanced",
+                             scheduler="karras", positive=positive.out(0), negative=negative.out(0),
+                             latent_image=latent.out(0), denoise=1.0)
+            g.node("PreviewAny", source=sampler.out(0))
+            host.run(g.finalize())
+            if i in (1, 10, 50):
+                gc.collect()
+                rss[i] = rss_mb()
+    finally:
+        ort.OrtUNet.__init__ = created
+    gc.collect()
+    slots = [o for o in gc.get_objects() if type(o).__name__ == "Slot" and type(o).__module__.endswith("accelerate")]
+    print(f"\n50 prompts: RSS {rss[1]:.0f} MB after prompt 1, {rss[10]:.0f} MB after 10, {rss[50]:.0f} MB after 50 "
+          f"(+{rss[50] - rss[10]:.1f} MB); live engine slots {len(slots)}, live ORT sessions {len(sessions)} of {len(made)} made")
+    assert rss[50] - rss[10] < 50
+    assert len(made) == 50 and len(slots) <= 2 and len(sessions) <= 2      # each prompt's engine ran, then went
+    assert tc.store().stats(disk=False)["hits_memory"] >= 49            # the negative prompt, every time
