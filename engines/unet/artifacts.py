@@ -80,7 +80,10 @@ def _check_record(path, record):
             raise ArtifactError(f"{path.name}: sidecar lists a file outside its folder")
         if not (isinstance(f, dict) and type(f.get("bytes")) is int and isinstance(f.get("digest"), str)):
             raise ArtifactError(f"{path.name}: sidecar entry for {name} has no size and digest")
-    present = {p.name for p in path.iterdir() if p.name != SIDECAR and p.is_file()}
+    try:
+        present = {p.name for p in path.iterdir() if p.name != SIDECAR and p.is_file()}
+    except OSError as e:
+        raise ArtifactError(f"{path.name}: unreadable folder ({e.strerror})") from None
     if present != set(files):
         raise ArtifactError(f"{path.name}: its files ({', '.join(sorted(present)) or 'none'}) are not the ones its "
                             f"sidecar lists ({', '.join(sorted(files))})")

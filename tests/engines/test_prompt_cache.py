@@ -160,17 +160,17 @@ def test_two_writer_processes_share_one_folder(tmp_path):
 
 
 def test_a_full_disk_degrades_to_memory_with_one_warning(tmp_path, caplog):
-    """A real full file system (a 64 KiB tmpfs): safetensors raises its own SafetensorError there."""
-    with faults.tmpfs(tmp_path / "disk", "64k") as disk:
-        cache = P.PromptCache(KB * KB, disk, 10 * KB * KB)
+    """A real full file system (a 1 MiB tmpfs): safetensors raises its own SafetensorError there."""
+    with faults.tmpfs(tmp_path / "disk", "1m") as disk:
+        cache = P.PromptCache(2 * KB * KB, disk, 10 * KB * KB)
         with caplog.at_level(logging.WARNING, "sprint"):
-            for i in range(8):                 # ~20 KiB each: the disk fills up on the way
-                cache.put(K(f"k{i}"), conditioning(i))
-        assert caplog.text.count("memory-only") == 1 and "No space left" in caplog.text
+            for i in range(8):                 # ~160 KiB each: an entry write fills the disk on the way
+                cache.put(K(f"k{i}"), conditioning(i, tokens=77 * 8))
+        assert caplog.text.count("memory-only") == 1 and "SafetensorError" in caplog.text and "No space left" in caplog.text
         assert all(cache.get(K(f"k{i}"))[1] == "memory" for i in range(8))
         assert cache.stats()["disk_disabled"]
         written = [p.stem for p in disk.glob("*.safetensors")]
-        assert written and all(P.PromptCache(KB * KB, disk, 10 * KB * KB).get(k)[1] == "disk" for k in written)
+        assert written and all(P.PromptCache(2 * KB * KB, disk, 10 * KB * KB).get(k)[1] == "disk" for k in written)
         assert not list(disk.glob(".*partial"))
 
 

@@ -73,14 +73,15 @@ def conds(tiny_clip):
 # ---- disks: full, read-only, shared with the user's own files ----
 
 def test_full_disk_under_the_prompt_cache(tc, tiny_clip, tmp_path, caplog):
-    with faults.tmpfs(tmp_path / "disk", "48k") as disk:
+    texts = [f"{TEXT} {i} " + "and a long description " * 120 for i in range(12)]     # ~7 chunks: large entries
+    with faults.tmpfs(tmp_path / "disk", "1m") as disk:
         tc._cache = tc.prompt_cache.PromptCache(64 << 20, disk, 64 << 20)
         with caplog.at_level(logging.WARNING, "sprint"):
-            for i in range(12):
-                got, outcome = tc.encode(tiny_clip, f"{TEXT} {i}")
-                assert outcome == "miss" and same(got, fresh(tiny_clip, f"{TEXT} {i}"))
+            for text in texts:
+                got, outcome = tc.encode(tiny_clip, text)
+                assert outcome == "miss" and same(got, fresh(tiny_clip, text))
         assert caplog.text.count("memory-only") == 1 and "No space left" in caplog.text
-        assert all(tc.encode(tiny_clip, f"{TEXT} {i}")[1] == "memory" for i in range(12))
+        assert all(tc.encode(tiny_clip, text)[1] == "memory" for text in texts)
         assert not list(disk.glob(".*partial"))
 
 

@@ -254,3 +254,20 @@ def test_an_interrupt_after_a_link_keeps_it(tmp_path):
         unet_build.build(store, fp16, lambda folder: exports.append((folder / "unet.onnx").write_bytes(b"g")),
                          progress=interrupt)
     assert store.lookup(unet_build.source_key(fp16)) is not None and len(exports) == 1
+
+
+def test_an_interrupt_during_the_export_stops_it_between_stages(tmp_path):
+    from toy_unet import ToyUNet
+    from sprint.engines.unet.export import export_unet
+
+    class Interrupted(Exception):
+        pass
+    stages = []
+
+    def check():
+        stages.append(len(stages))
+        raise Interrupted()
+    profile = ShapeProfile(batch=(1, 2), height=(16, 16), width=(16, 16), tokens=(77, 77), multiple=2)
+    with pytest.raises(Interrupted):
+        export_unet(ToyUNet().eval(), tmp_path, profile, 4, 16, check=check)
+    assert stages == [0] and list(tmp_path.iterdir()) == []       # stopped right after the trace
