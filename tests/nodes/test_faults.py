@@ -357,3 +357,25 @@ def test_fifty_prompts_hold_memory_and_release_engines(host, pack, tc, tiny_mode
     assert rss[50] - rss[10] < 50
     assert len(made) == 50 and len(slots) <= 2 and len(sessions) <= 2      # each prompt's engine ran, then went
     assert tc.store().stats(disk=False)["hits_memory"] >= 49            # the negative prompt, every time
+
+
+def test_a_server_on_a_read_only_models_volume_loads_every_node(host, tmp_path):
+    """The real server booted with its models folder read-only (Docker/NFS), Sprint's folders not
+    created: every Sprint node loads, the routes answer, nothing is written there."""
+    import harness
+    base = tmp_path / "base"
+    (base / "models").mkdir(parents=True)
+    with faults.read_only(base / "models"):
+        server = harness.Server(host.comfy_path, base)
+        try:
+            server.wait()
+            listed = sorted(k for k in server.get("/object_info") if k.startswith("Sprint"))
+            stats = server.get("/sprint/text_cache")
+            cleared = server.post("/sprint/text_cache/clear", {"disk": True})
+        finally:
+            server.stop()
+        assert listed == host.sprint_nodes()
+        assert stats["disk_entries"] == 0 and cleared["disk_entries"] == 0
+        log = (base / "server.log").read_text(errors="replace")
+        assert not [line for line in log.splitlines() if "IMPORT FAILED" in line and "Sprint" in line]
+        assert list((base / "models").iterdir()) == []
