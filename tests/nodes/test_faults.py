@@ -8,7 +8,7 @@ real SIGKILL mid-build, a symlinked lock file, malformed indexes and sidecars).
 | fault                                         | Sprint                                                   |
 |-----------------------------------------------|----------------------------------------------------------|
 | full disk under the prompt cache              | memory-only, one warning; every encode still exact       |
-| read-only models volume, folders not created  | every node loads and runs; cache memory-only, engines PyTorch, one warning each |
+| read-only models volume, folders not created  | every node loads (the real server too) and runs; cache memory-only, engines PyTorch, one warning each |
 | read-only existing cache folder               | stats, hits and clear work                               |
 | malformed index.json, a user's .safetensors   | index repaired; the user's file never adopted or deleted |
 | engine name outside the store (crafted prompt)| clear error naming the allowed engines; nothing outside read; the queue keeps working |
@@ -18,6 +18,7 @@ real SIGKILL mid-build, a symlinked lock file, malformed indexes and sidecars).
 | empty batch, 5-D latent to the light VAE      | a clear one-line error                                   |
 | light VAE tile_size below the halo            | raised to the minimum, with a warning; same image        |
 | routes: index lock held elsewhere, bad bodies | the event loop keeps serving; 400 for bad bodies         |
+| 50 prompts back to back (load)                | RSS flat after the first 10; replaced engines released   |
 """
 import json
 import logging
