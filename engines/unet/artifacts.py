@@ -184,7 +184,6 @@ class ArtifactStore:
                 raise
             return read(path)
 
-
     def sweep(self, building):
         """Remove build folders of builders that died (SIGKILL, power loss): every `.<name>.*.partial`
         whose key lock nobody holds. The caller holds the lock of `building`."""
