@@ -4,6 +4,7 @@ Two ComfyUI processes may share one models folder, and a crash may come mid-writ
 either complete or absent, and builders of the same artifact take turns.
 """
 import contextlib
+import errno
 import hashlib
 import os
 import pathlib
@@ -22,6 +23,13 @@ if os.name == "nt":
             except OSError:       # LK_LOCK gives up after ~10 s; keep waiting
                 time.sleep(0.1)
 
+    def _try_lock(fd):
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+
     def _unlock(fd):
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 else:
@@ -29,6 +37,13 @@ else:
 
     def _lock(fd):
         fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def _try_lock(fd):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
 
     def _unlock(fd):
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -66,18 +81,43 @@ def atomic_save(path, save):
         save(tmp)
 
 
-@contextlib.contextmanager
-def file_lock(path):
-    """An exclusive lock between processes (and threads) on `path` + '.lock'."""
-    lock = pathlib.Path(f"{path}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)     # a lock file symlinked elsewhere is refused (ELOOP), never created there
+
+
+def _open_lock(lock):
+    """A descriptor on the lock file, or None where it can neither be created nor opened because the
+    folder is read-only to us (then nothing we could do there needs one: every write fails too)."""
     try:
-        _lock(fd)
+        return os.open(lock, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+    try:
+        return os.open(lock, os.O_RDONLY | _NOFOLLOW)      # flock works on a read-only descriptor
+    except FileNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def file_lock(path, wait=True):
+    """An exclusive lock between processes (and threads) on `path` + '.lock'. Yields True when
+    held; with wait=False yields False at once when someone else holds it."""
+    lock = pathlib.Path(f"{path}.lock")
+    if not lock.parent.is_dir():
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = _open_lock(lock)
+    if fd is None:
+        yield True
+        return
+    try:
+        if wait:
+            _lock(fd)
+        held = True if wait else _try_lock(fd)
         try:
-            yield
+            yield held
         finally:
-            _unlock(fd)
+            if held:
+                _unlock(fd)
     finally:
         os.close(fd)
 

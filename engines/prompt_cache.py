@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import threading
 import time
 
@@ -27,6 +28,7 @@ log = logging.getLogger("sprint")
 FORMAT = 1
 INDEX = "index.json"
 SUFFIX = ".safetensors"
+ENTRY = re.compile(r"[0-9a-f]{32}\.safetensors")   # a key digest: only these files are Sprint's (a user's own are never touched)
 STALE_PARTIAL_S = 3600      # a temp file this old was left by a crash, not by a writer at work
 
 
@@ -70,7 +72,9 @@ def unflatten(tensors, skeleton):
             return tuple(walk(x) for x in v)
         if kind == "dict":
             return {k: walk(x) for k, x in v.items()}
-        return v
+        if kind == "value":
+            return v
+        raise ValueError(f"unknown skeleton node {kind!r}")
     return walk(skeleton)
 
 
@@ -100,9 +104,11 @@ class DiskStore:
             with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-            if meta.get("key") != key or int(meta.get("format", -1)) != FORMAT or meta.get("digest") != digest(tensors):
+            if (meta.get("key") != key or meta.get("format") != str(FORMAT)
+                    or meta.get("digest") != digest(tensors, meta.get("skeleton"))):
                 raise ValueError("key, format or content digest mismatch")
             skeleton = json.loads(meta["skeleton"])
+            unflatten(tensors, skeleton)       # a skeleton that does not rebuild is as corrupt as a bad tensor
         except Exception as e:     # truncated, bit-flipped, foreign: a miss, rewritten by the next put
             log.warning("Sprint prompt cache: ignoring unreadable entry %s (%s)", path.name, e)
             return None
@@ -112,7 +118,10 @@ class DiskStore:
     def put(self, key, tensors, skeleton, label=""):
         if self.disabled:
             return
-        meta = {"key": key, "format": str(FORMAT), "digest": digest(tensors), "skeleton": json.dumps(skeleton)}
+        if _nbytes(tensors) > self.limit:      # would evict everything else and then itself
+            return
+        meta = {"key": key, "format": str(FORMAT), "skeleton": json.dumps(skeleton)}
+        meta["digest"] = digest(tensors, meta["skeleton"])
         try:
             atomic_save(self.path(key), lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=meta))
             with file_lock(self.folder / INDEX):
@@ -121,27 +130,41 @@ class DiskStore:
                     entries[key].update(used=time.time(), label=label[:80])
                 self._evict(entries)
                 self._write(entries)
-        except OSError as e:       # ENOSPC, EDQUOT, EROFS, EACCES: keep generating, memory-only
-            self.disabled = f"{type(e).__name__}: {e}"
-            log.warning("Sprint prompt cache: disk store %s disabled, continuing memory-only (%s)", self.folder, self.disabled)
+        except (OSError, safetensors.SafetensorError) as e:   # ENOSPC (safetensors raises its own), EROFS, EACCES
+            self.disable(e)
+
+    def disable(self, error):
+        """Keep generating, memory-only, with one warning."""
+        self.disabled = f"{type(error).__name__}: {error}"
+        log.warning("Sprint prompt cache: disk store %s disabled, continuing memory-only (%s)", self.folder, self.disabled)
+
+    def _index(self):
+        """index.json's well-formed entries; anything else in it is dropped (and rebuilt from the folder)."""
+        try:
+            data = json.loads((self.folder / INDEX).read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            log.warning("Sprint prompt cache: rebuilding unreadable index in %s (%s)", self.folder, e)
+            return {}
+        entries = data.get("entries") if isinstance(data, dict) else None
+        if not isinstance(entries, dict):
+            log.warning("Sprint prompt cache: rebuilding malformed index in %s", self.folder)
+            return {}
+        return {k: {"used": float(e["used"]), "label": str(e.get("label", ""))[:80]} for k, e in entries.items()
+                if isinstance(e, dict) and type(e.get("used")) in (int, float)}
 
     def _entries(self):
-        """The index reconciled with the folder: vanished files dropped, unindexed ones adopted,
-        stale temp files of crashed writers removed. Caller holds the lock."""
-        try:
-            entries = json.loads((self.folder / INDEX).read_text())["entries"]
-        except FileNotFoundError:
-            entries = {}
-        except (ValueError, KeyError, TypeError) as e:
-            log.warning("Sprint prompt cache: rebuilding unreadable index in %s (%s)", self.folder, e)
-            entries = {}
+        """The index reconciled with the folder: vanished files dropped, unindexed Sprint entries
+        adopted, stale temp files of crashed writers removed. Caller holds the lock."""
+        entries = self._index()
         found = {}
         for item in os.scandir(self.folder):
             try:
                 st = item.stat()
             except FileNotFoundError:      # renamed or removed by another process meanwhile
                 continue
-            if item.name.endswith(SUFFIX) and not item.name.startswith("."):
+            if ENTRY.fullmatch(item.name) and item.is_file(follow_symlinks=False):
                 key = item.name[:-len(SUFFIX)]
                 found[key] = dict(entries.get(key) or {"used": st.st_mtime, "label": ""}, bytes=st.st_size)
             elif item.name.endswith(".partial") and time.time() - st.st_mtime > STALE_PARTIAL_S:
@@ -167,17 +190,24 @@ class DiskStore:
     def stats(self):
         if not self.folder.is_dir():
             return {"entries": 0, "bytes": 0}
-        with file_lock(self.folder / INDEX):
-            entries = self._entries()
+        try:
+            with file_lock(self.folder / INDEX):
+                entries = self._entries()
+        except OSError as e:      # e.g. the lock file is a symlink (refused)
+            self.disable(e)
+            return {"entries": 0, "bytes": 0}
         return {"entries": len(entries), "bytes": sum(e["bytes"] for e in entries.values())}
 
     def clear(self):
         if not self.folder.is_dir():
             return
-        with file_lock(self.folder / INDEX):
-            for key in self._entries():
-                _unlink(self.path(key))
-            self._write({})
+        try:
+            with file_lock(self.folder / INDEX):
+                for key in self._entries():
+                    _unlink(self.path(key))
+                self._write({})
+        except OSError as e:      # read-only: nothing of ours can be there to remove
+            self.disable(e)
 
 
 def _unlink(path):
@@ -206,7 +236,7 @@ class PromptCache:
                 self._memory.move_to_end(key)
                 self.counts["memory"] += 1
                 return unflatten(*entry[:2]), "memory"
-            found = self.disk.get(key) if disk and self.disk and not self.disk.disabled else None
+            found = self.disk.get(key) if disk and self.disk else None
             if found is None:
                 self.counts["miss"] += 1
                 return None, "miss"

@@ -72,7 +72,10 @@ class Slot:
     def nbytes(self):
         if self.runtime is not None:
             return self.runtime.nbytes
-        artifact = self.key and store().lookup(self.key)
+        try:
+            artifact = self.key and store().lookup(self.key)
+        except OSError:             # an unreadable models volume: the estimate will do
+            artifact = None
         return artifact.nbytes if artifact else self.estimate
 
     def release(self):
@@ -128,7 +131,8 @@ class Slot:
 
     def export(self, unet, folder):
         export_unet(unet, folder, self.profile, self.arch["in_channels"], self.arch["context_dim"], self.arch["y_dim"],
-                    forward_kwargs={"transformer_options": {"optimized_attention_override": _plain_attention}})
+                    forward_kwargs={"transformer_options": {"optimized_attention_override": _plain_attention}},
+                    check=mm.throw_exception_if_processing_interrupted)
 
     def _build(self, key, export, what, calibration=None):
         artifacts = store()
@@ -198,8 +202,9 @@ def _diffusion_model(slot, executor, x, timesteps=None, context=None, y=None, co
         except mm.InterruptProcessingException:
             raise
         except Exception as e:          # a failed build or run costs speed for this run, never the image
-            log.warning("Sprint engine failed", exc_info=True)
             reason = slot.run_reason = f"the engine failed ({type(e).__name__}: {e})"
+            if reason not in slot.reasons:       # e.g. a read-only models volume: once, not every run
+                log.warning("Sprint engine failed", exc_info=True)
     if reason is not None:
         slot.fallback(reason)
     return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
@@ -288,6 +293,7 @@ class SprintAccelerateUNet(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, backend, precision, max_batch, min_size, max_size, max_tokens):
+        common.check_inputs(cls, locals())
         return io.NodeOutput(accelerate(model, backend, precision, profile_from(max_batch, min_size, max_size, max_tokens))[0])
 
 
@@ -314,6 +320,8 @@ class SprintBuildUNetEngine(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, backend, precision,
                 max_batch, min_size, max_size, max_tokens):
+        common.check_inputs(cls, locals())
+        common.check_latent(latent_image["samples"], "latent_image")
         model, slot = accelerate(model, backend, precision, profile_from(max_batch, min_size, max_size, max_tokens))
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         noise = comfy.sample.prepare_noise(latent, seed)
@@ -341,7 +349,8 @@ class SprintLoadUNetEngine(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, engine):
-        path = store().root / engine
+        common.check_inputs(cls, locals())      # engine: one of the store's names (the host does not check)
+        path = store().folder(engine)
         try:
             key = read(path).key
         except ArtifactError as e:

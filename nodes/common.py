@@ -1,11 +1,13 @@
 """Host glue every Sprint node shares: events to the web extension, Sprint's model folders,
 progress with Cancel, and the identity of a patched model's weights."""
 import logging
+import math
 import os
 
 import comfy.model_management
 import comfy.utils
 import folder_paths
+from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
 
 from ..engines.files import digest
@@ -35,12 +37,39 @@ def send_event(event, data):
 
 
 def model_folder(name):
-    """models/<name> registered with folder_paths (idempotent); returns its first path."""
+    """models/<name> registered with folder_paths (idempotent); returns its first path. Not created
+    here: the store creates it on its first write, so a read-only models volume costs that store
+    its disk (one warning), never the node pack's import or a node that does not write."""
     if name not in folder_paths.folder_names_and_paths:
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
-    path = folder_paths.get_folder_paths(name)[0]
-    os.makedirs(path, exist_ok=True)
-    return path
+    return folder_paths.get_folder_paths(name)[0]
+
+
+def check_inputs(cls, values):
+    """Every combo and number input in `values` against the node's own schema (ComfyUI 0.3.64
+    checks neither V3 combo values nor NaN); raises ValueError naming the input and what it allows."""
+    schema = cls.define_schema()
+    for spec in schema.inputs:
+        value = values.get(spec.id)
+        if value is None:
+            continue
+        if isinstance(spec, io.Combo.Input):
+            if value not in spec.options:
+                allowed = ", ".join(map(repr, spec.options)) or "none (the list is empty)"
+                raise ValueError(f"{schema.node_id}: {spec.id} {value!r} is not one of {allowed}")
+        elif isinstance(spec, (io.Int.Input, io.Float.Input)):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
+                raise ValueError(f"{schema.node_id}: {spec.id} {value!r} is not a finite number in [{spec.min}, {spec.max}]")
+
+
+def check_latent(samples, name, ranks=(4, 5)):
+    """A clear one-line error for latents a node cannot take: an empty batch or an unsupported rank."""
+    if samples.ndim not in ranks:
+        raise ValueError(f"{name}: got a {samples.ndim}-D latent {tuple(samples.shape)}; this node takes "
+                         + " or ".join(f"{r}-D" for r in ranks) + " latents")
+    if samples.shape[0] == 0:
+        raise ValueError(f"{name}: the batch is empty (0 latents)")
 
 
 class Progress:

@@ -21,7 +21,7 @@ import comfy.patcher_extension
 from comfy_api.latest import io
 
 from ..engines import guidance
-from .common import send_event
+from .common import check_inputs, send_event
 
 log = logging.getLogger("sprint")
 KEY = "sprint.dynamic_cfg"
@@ -195,6 +195,7 @@ class SprintDynamicCFG(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, **settings) -> io.NodeOutput:
+        check_inputs(cls, settings)
         return io.NodeOutput(patch(model, **settings))
 
 

@@ -23,6 +23,7 @@ FOLDER = "vae_approx"
 VARIANTS = ["auto", *taesd.VARIANTS]
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 AUTO_TILES = [128, 96, 64, 48, 32]          # latent cells per tile side, tried when memory is short
+MIN_TILE = 8                                # latent cells (64 px, the widget's step); at least the halo too
 # Latent channels -> variants sharing that latent shape, most used first (a MODEL settles it).
 BY_CHANNELS = {4: ["taesd", "taesdxl"], 16: ["taef1", "taesd3"], 32: ["taef2"], 128: ["taef2"]}
 
@@ -102,6 +103,11 @@ def run(variant, part, x, tile, precision):
     precision = pick_precision(precision, device)
     vae = taesd.TinyVAE(variant, **{part: patcher.model}, precision=precision)
     runner = getattr(vae, part)
+    minimum = max(runner.halo, MIN_TILE)
+    if 0 < tile < minimum:       # each tile computes its halo too: tiny tiles multiply the work (8 px: 255x)
+        log.warning("Sprint light VAE: tile_size %d px is below the minimum %d px (the %s's receptive halo); "
+                    "using %d px", tile * taesd.SPATIAL, minimum * taesd.SPATIAL, part, minimum * taesd.SPATIAL)
+        tile = minimum
     rows, cols = x.shape[-2:] if part == "decoder" else (x.shape[-2] // taesd.SPATIAL, x.shape[-1] // taesd.SPATIAL)
     if part == "decoder" and vae.variant.packed and x.shape[1] == 4 * vae.variant.latent_channels:
         rows, cols = 2 * rows, 2 * cols
@@ -159,7 +165,9 @@ class SprintLightVAEDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, samples, model=None, variant="auto", tile_size=0, precision="auto") -> io.NodeOutput:
+        common.check_inputs(cls, locals())
         latents = samples["samples"]
+        common.check_latent(latents, "samples", ranks=(4,))    # 5-D (video) latents: not supported yet
         variant = pick_variant(latents, model, variant, "decoder")
         images = run(variant, "decoder", latents, tile_size // taesd.SPATIAL, precision)
         return io.NodeOutput(images.movedim(1, -1))
@@ -186,6 +194,8 @@ class SprintLightVAEEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, pixels, model=None, variant="auto", tile_size=0, precision="auto") -> io.NodeOutput:
+        common.check_inputs(cls, locals())
+        common.check_latent(pixels, "pixels", ranks=(4,))
         variant = pick_variant(None, model, variant, "encoder")
         multiple = taesd.SPATIAL * (2 if taesd.VARIANTS[variant].packed else 1)
         images = pixels[..., :3].movedim(-1, 1)

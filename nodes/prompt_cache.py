@@ -123,6 +123,7 @@ class SprintCachedTextEncode(io.ComfyNode):
         if clip is None:
             raise RuntimeError("ERROR: clip input is invalid: None\n\nIf the clip is from a checkpoint loader node your "
                                "checkpoint does not contain a valid clip or text encoder model.")
+        common.check_inputs(cls, locals())
         conditioning, outcome = encode(clip, text, cache)
         if outcome.startswith("bypass") and cache != "off":
             log.info("Sprint prompt cache: encoding without cache (%s)", outcome[8:])
@@ -157,6 +158,7 @@ class SprintTextCache(io.ComfyNode):
 
     @classmethod
     def execute(cls, memory_mb, disk_mb, action) -> io.NodeOutput:
+        common.check_inputs(cls, locals())
         cache = store()
         cache.configure(memory_mb * MB, disk_mb * MB)
         if action != "stats":
@@ -173,15 +175,31 @@ def _register_routes():
     server = common.prompt_server()
     if server is None:
         return
+    import asyncio
+
     from aiohttp import web
 
+    async def blocking(fn, *args):
+        """Run in a worker thread: the index lock may be held by another process and the disk may be
+        slow, and the event loop serves everything else ComfyUI does."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    def clear_and_stats(disk):
+        store().clear(disk=disk)
+        return store().stats()
+
     async def stats(request):
-        return web.json_response(store().stats())
+        return web.json_response(await blocking(store().stats))
 
     async def clear(request):
-        body = await request.json() if request.can_read_body else {}
-        store().clear(disk=bool(body.get("disk")))
-        return web.json_response(store().stats())
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return web.json_response({"error": "the body is not JSON"}, status=400)
+        disk = body.get("disk", False) if isinstance(body, dict) else None
+        if not isinstance(disk, bool):
+            return web.json_response({"error": 'expected {"disk": true} or {"disk": false}'}, status=400)
+        return web.json_response(await blocking(clear_and_stats, disk))
 
     for base in ("/sprint/prompt_cache", "/sprint/text_cache"):
         server.routes.get(base)(stats)

@@ -10,6 +10,7 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
+import torch
 from comfy_api.latest import io, ui
 
 from ..engines import sampling
@@ -84,12 +85,15 @@ class SprintAdaptiveSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, preset, tolerance, eta) -> io.NodeOutput:
+        common.check_inputs(cls, locals())
         preset, options = _options(preset, tolerance, eta)
         return io.NodeOutput(adaptive_sampler(preset, **options))
 
 
 def _sigmas(model, scheduler, steps, denoise):
     """The schedule KSampler would use (denoise < 1: the tail of a longer one)."""
+    if denoise <= 0:
+        return torch.zeros(0)           # nothing to sample: the latent comes back unchanged, as in KSampler
     total = steps if denoise >= 1 else int(steps / denoise)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
     return sigmas[-(steps + 1):]
@@ -137,6 +141,8 @@ class SprintKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, preset, scheduler, positive, negative, latent_image,
                 denoise) -> io.NodeOutput:
+        common.check_inputs(cls, locals())
+        common.check_latent(latent_image["samples"], "latent_image")
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         out = dict(latent_image)
         sigmas = _sigmas(model, scheduler, steps, denoise)

@@ -26,6 +26,7 @@ from comfy.conds import CONDNoiseShape
 from comfy_api.latest import io
 
 from ..engines import tiling
+from . import common
 
 log = logging.getLogger("sprint")
 
@@ -240,6 +241,7 @@ class SprintTiledDiffusion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, method, tile_width, tile_height, overlap, margin, tile_batch_size) -> io.NodeOutput:
+        common.check_inputs(cls, locals())
         config = TiledConfig.from_pixels(tile_height, tile_width, overlap, METHODS[method], margin, tile_batch_size)
         return io.NodeOutput(apply_tiling(model, config))
 

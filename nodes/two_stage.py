@@ -11,6 +11,7 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
+from . import common
 from .tiled_diffusion import TiledConfig, apply_tiling
 
 UPSCALE_METHODS = ("latent bislerp", "latent bicubic", "latent bilinear", "pixel lanczos", "pixel bicubic", "pixel bilinear")
@@ -96,6 +97,8 @@ class SprintTwoStageUpscale(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, cfg, scheduler, denoise, scale_by,
                 upscale_method, tile_size, tile_overlap, sampler=None, vae=None, upscale_model=None) -> io.NodeOutput:
+        common.check_inputs(cls, locals())
+        common.check_latent(latent["samples"], "latent")
         samples = latent["samples"]
         height, width = round(samples.shape[-2] * scale_by), round(samples.shape[-1] * scale_by)
         upscaled = upscale(samples, height, width, upscale_method, vae, upscale_model)

@@ -13,6 +13,7 @@ import logging
 import os
 import pathlib
 import shutil
+import stat as stat_mode
 import tempfile
 
 from ..files import atomic_write, digest, file_lock
@@ -62,6 +63,32 @@ def file_digest(path):
 _verified = {}   # (folder, sidecar and file stats) -> True: hash each unchanged artifact once per process
 
 
+def _plain(name):
+    return isinstance(name, str) and name not in ("", ".", "..") and name == os.path.basename(name) and "\\" not in name
+
+
+def _check_record(path, record):
+    """Everything a sidecar must be before any file it names is opened: a key, and file names that are
+    plain names in this folder (never ../ or absolute: nothing outside the folder is read or named)."""
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ArtifactError(f"{path.name}: sidecar is not a {FORMAT} record")
+    files = record.get("files")
+    if not isinstance(record.get("key"), dict) or not isinstance(files, dict) or not files:
+        raise ArtifactError(f"{path.name}: sidecar has no key or no file list")
+    for name, f in files.items():
+        if not _plain(name) or name == SIDECAR:
+            raise ArtifactError(f"{path.name}: sidecar lists a file outside its folder")
+        if not (isinstance(f, dict) and type(f.get("bytes")) is int and isinstance(f.get("digest"), str)):
+            raise ArtifactError(f"{path.name}: sidecar entry for {name} has no size and digest")
+    try:
+        present = {p.name for p in path.iterdir() if p.name != SIDECAR and p.is_file()}
+    except OSError as e:
+        raise ArtifactError(f"{path.name}: unreadable folder ({e.strerror})") from None
+    if present != set(files):
+        raise ArtifactError(f"{path.name}: its files ({', '.join(sorted(present)) or 'none'}) are not the ones its "
+                            f"sidecar lists ({', '.join(sorted(files))})")
+
+
 def read(path):
     """The Artifact in folder `path`, verified; raises ArtifactError saying what is wrong."""
     path = pathlib.Path(path)
@@ -71,14 +98,15 @@ def read(path):
         raise ArtifactError(f"{path.name}: no {SIDECAR} sidecar (not a Sprint engine)") from None
     except (OSError, ValueError) as e:
         raise ArtifactError(f"{path.name}: unreadable sidecar ({e})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("files"), dict):
-        raise ArtifactError(f"{path.name}: sidecar is not a {FORMAT} record")
+    _check_record(path, record)
     stats = []
     for name, f in record["files"].items():
         try:
-            stat = (path / name).stat()
+            stat = os.lstat(path / name)
         except OSError:
             raise ArtifactError(f"{path.name}: {name} is missing") from None
+        if not stat_mode.S_ISREG(stat.st_mode):
+            raise ArtifactError(f"{path.name}: {name} is not a regular file")
         if stat.st_size != f["bytes"]:
             raise ArtifactError(f"{path.name}: {name} has {stat.st_size} bytes, the sidecar says {f['bytes']} (truncated or replaced)")
         stats.append((name, stat.st_size, stat.st_mtime_ns, stat.st_ino))
@@ -102,7 +130,18 @@ class ArtifactStore:
         """Folders that carry a sidecar (candidates for a loader; verified when opened)."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / SIDECAR).is_file())
+        return sorted(p.name for p in self.root.iterdir()
+                      if not p.name.startswith(".") and not p.is_symlink() and (p / SIDECAR).is_file())
+
+    def folder(self, name):
+        """The folder of engine `name`, only if it is one of names() and lies inside the store (a
+        name from a client is never joined to a path unchecked); ArtifactError otherwise."""
+        if not isinstance(name, str) or not _plain(name) or name not in self.names():
+            raise ArtifactError(f"{name!r} is not an engine in {self.root.name}")
+        path = self.root / name
+        if path.resolve().parent != self.root.resolve():
+            raise ArtifactError(f"{name!r} is not an engine in {self.root.name}")
+        return path
 
     def lookup(self, key):
         """The verified artifact for `key`, or None (logging why an existing one is refused)."""
@@ -130,6 +169,7 @@ class ArtifactStore:
             if artifact is not None:
                 return artifact
             self.root.mkdir(parents=True, exist_ok=True)
+            self.sweep(path.name)
             tmp = pathlib.Path(tempfile.mkdtemp(dir=self.root, prefix=f".{path.name}.", suffix=".partial"))
             try:
                 built = build(tmp) or {}
@@ -143,6 +183,18 @@ class ArtifactStore:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             return read(path)
+
+    def sweep(self, building):
+        """Remove build folders of builders that died (SIGKILL, power loss): every `.<name>.*.partial`
+        whose key lock nobody holds. The caller holds the lock of `building`."""
+        for tmp in self.root.glob(".*.partial"):
+            name = tmp.name[1:].split(".")[0]
+            if name == building:
+                shutil.rmtree(tmp, ignore_errors=True)
+                continue
+            with file_lock(self.root / name, wait=False) as free:
+                if free:
+                    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_folder(src, dst):

@@ -120,13 +120,15 @@ def build(store, key, export, arch=None, calibration=None, progress=None):
 
     export(folder): writes the FP32 graph (folder/unet.onnx) from the live torch UNet.
     arch: describe()'s inputs, for TensorRT's shape ranges. calibration: recorded calls for INT8
-    (CalibrationSet.select). progress(): one tick per unit of work."""
+    (CalibrationSet.select). progress(): one tick per unit of work; it may raise to stop (the host's
+    interrupt), between links, so every finished link is kept."""
     src = source_key(key)
     if src is not None:
         source = build(store, src, export, arch, calibration, progress)
-    tick = progress or (lambda: None)
+    made = []
 
     def make(folder):
+        made.append(key["precision"] != "int8" or key["backend"] == "tensorrt")   # int8.quantize ticks itself
         if src is None:
             export(folder)
         elif key["backend"] == "tensorrt":
@@ -140,9 +142,11 @@ def build(store, key, export, arch=None, calibration=None, progress=None):
                 raise ValueError("an INT8 engine needs calibration calls recorded from a sampling run")
             int8.quantize_int8(source.path / GRAPH, folder, calibration, progress=progress)
             return {"calibration_calls": len(calibration)}
-        tick()
         return {}
-    return store.ensure(key, make)
+    artifact = store.ensure(key, make)
+    if any(made) and progress:
+        progress()          # after the artifact is in place: an interrupt here keeps it
+    return artifact
 
 
 def load(artifact, device):

@@ -78,11 +78,13 @@ def example_inputs(profile, in_channels, context_dim, y_dim=None, dtype=torch.fl
 
 
 @torch.no_grad()
-def export_unet(unet, folder, profile, in_channels, context_dim, y_dim=None, forward_kwargs=None):
+def export_unet(unet, folder, profile, in_channels, context_dim, y_dim=None, forward_kwargs=None, check=None):
     """Write folder/unet.onnx (+ unet.onnx.data) for `unet`; returns the graph's path.
 
     y_dim: width of the class/ADM vector `y` (SDXL) or None. forward_kwargs: extra keyword
-    arguments for every traced call (the host passes an export-friendly attention)."""
+    arguments for every traced call (the host passes an export-friendly attention). check(): called
+    between the stages (trace, load, save), raises to stop (the host's interrupt)."""
+    check = check or (lambda: None)
     import onnx
     folder = pathlib.Path(folder)
     with_y = y_dim is not None
@@ -97,7 +99,9 @@ def export_unet(unet, folder, profile, in_channels, context_dim, y_dim=None, for
         torch.onnx.export(_Signature(unet, with_y, forward_kwargs or {}).eval(), tuple(args), str(raw),
                           input_names=names, output_names=["out"], opset_version=OPSET,
                           dynamic_axes={k: dynamic[k] for k in names + ["out"]}, dynamo=False)
+        check()
         model = onnx.load(str(raw))
+    check()
     return save_model(model, folder / GRAPH)
 
 

@@ -60,3 +60,47 @@ def test_digest_is_content_based():
             self.weights = (w,)
     assert files.digest(Adapter(t)) == files.digest(Adapter(t.clone()))
     assert files.digest(Adapter(t)) != files.digest(Adapter(t + 1))
+
+
+def test_file_lock_in_a_read_only_folder(tmp_path):
+    """A read-only models volume (real EROFS): readers still lock an existing lock file, and a
+    folder without one (where nothing can be written anyway) is not an error."""
+    import faults
+    (tmp_path / "with").mkdir()
+    (tmp_path / "with" / "index.json.lock").write_bytes(b"")
+    (tmp_path / "without").mkdir()
+    with faults.read_only(tmp_path):
+        for folder in ("with", "without"):
+            with files.file_lock(tmp_path / folder / "index.json") as held:
+                assert held
+    assert not (tmp_path / "without" / "index.json.lock").exists()
+
+
+def test_file_lock_never_follows_a_symlink_out(tmp_path):
+    outside, folder = tmp_path / "outside", tmp_path / "store"
+    outside.mkdir(), folder.mkdir()
+    (folder / "index.json.lock").symlink_to(outside / "planted")
+    with pytest.raises(OSError):
+        with files.file_lock(folder / "index.json"):
+            pass
+    assert list(outside.iterdir()) == []
+
+
+def _hold(path, ready, release):
+    with files.file_lock(path):
+        ready.set()
+        release.wait(30)
+
+
+def test_file_lock_without_waiting_says_whether_it_is_free(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(tmp_path / "x", ready, release))
+    holder.start()
+    assert ready.wait(30)
+    with files.file_lock(tmp_path / "x", wait=False) as free:
+        assert not free
+    release.set()
+    holder.join(30)
+    with files.file_lock(tmp_path / "x", wait=False) as free:
+        assert free

@@ -7,11 +7,12 @@ import torch
 pytestmark = pytest.mark.host
 
 
-def test_model_folder_is_registered(host):
+def test_model_folder_is_registered_not_created(host):
+    """Created by its store's first write, never at import or schema time (a read-only models volume)."""
     import folder_paths
     common = host.pack.nodes.common
     path = common.model_folder("sprint_test_folder")
-    assert os.path.isdir(path) and folder_paths.get_folder_paths("sprint_test_folder")[0] == path
+    assert not os.path.exists(path) and folder_paths.get_folder_paths("sprint_test_folder")[0] == path
     assert common.model_folder("sprint_test_folder") == path
 
 

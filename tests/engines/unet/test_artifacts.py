@@ -1,5 +1,6 @@
 """The engine artifact store: keyed folders with verified sidecars, rebuilt when they cannot be
 trusted, built once by concurrent builders."""
+import contextlib
 import json
 import multiprocessing
 import os
@@ -124,3 +125,149 @@ def test_build_chain_reuses_the_fp32_export(tmp_path):
     x, t, c = torch.randn(2, 4, 16, 16), torch.tensor([10.0, 500.0]), torch.randn(2, 77, 16)
     with torch.no_grad():
         assert ((engine(x, t, c) - unet(x, t, c)).norm() / unet(x, t, c).norm()) < 1e-2
+
+
+def _finishes(fn, *args):
+    """Runs fn in a thread; False when it is still running after 20 s (it would hash /dev/zero forever)."""
+    import threading
+    out = []
+    worker = threading.Thread(target=lambda: out.append(_outcome(fn, *args)), daemon=True)
+    worker.start()
+    worker.join(20)
+    return out[0] if out else False
+
+
+def _outcome(fn, *args):
+    try:
+        return fn(*args)
+    except ArtifactError as e:
+        return e
+
+
+def plant(store, name, record, files=()):
+    folder = store.root / name
+    folder.mkdir(parents=True)
+    for file in files:
+        (folder / file).write_bytes(b"corrupt graph")
+    (folder / SIDECAR).write_text(json.dumps(record))
+    return folder
+
+
+@pytest.mark.parametrize("listed", ["../../../../dev/zero", "/dev/zero", "sub/../../x", ".."])
+def test_a_sidecar_naming_files_outside_its_folder_is_refused_before_reading(tmp_path, listed):
+    store = ArtifactStore(tmp_path / "engines")
+    folder = plant(store, "planted", {"format": "sprint-unet-engine/1", "key": KEY,
+                                      "files": {listed: {"bytes": 0, "digest": "0" * 32}}})
+    error = _finishes(read, folder)
+    assert isinstance(error, ArtifactError) and "outside its folder" in str(error) and "zero" not in str(error)
+
+
+def test_engine_names_resolve_only_inside_the_store(tmp_path):
+    store = ArtifactStore(tmp_path / "engines")
+    store.ensure(KEY, builder([]))
+    (tmp_path / "input" / "x").mkdir(parents=True)
+    (tmp_path / "input" / "x" / SIDECAR).write_text("{}")
+    (store.root / "link").symlink_to(tmp_path / "input" / "x")
+    assert store.names() == [artifact_name(KEY)]
+    assert store.folder(artifact_name(KEY)) == store.root / artifact_name(KEY)
+    for name in ("../input/x", "../../input/x", "link", str(tmp_path / "input" / "x"), "", ".", None):
+        with pytest.raises(ArtifactError, match="is not an engine"):
+            store.folder(name)
+
+
+@pytest.mark.parametrize("record", [
+    {"files": {"unet.onnx": {"bytes": 13, "digest": "x"}}},                       # no key
+    {"key": KEY, "files": {"unet.onnx": 13}},                                      # not a dict entry
+    {"key": KEY, "files": {"unet.onnx": {"bytes": "13", "digest": "x"}}},
+    {"key": KEY, "files": {}},                                                     # lists nothing
+    {"key": "k", "files": {"unet.onnx": {"bytes": 13, "digest": "x"}}}])
+def test_a_malformed_sidecar_is_an_artifact_error_and_rebuilt(tmp_path, record):
+    store, log = ArtifactStore(tmp_path), []
+    folder = plant(store, artifact_name(KEY), {"format": "sprint-unet-engine/1", **record}, files=["unet.onnx"])
+    with pytest.raises(ArtifactError):
+        read(folder)
+    assert store.lookup(KEY) is None
+    assert (store.ensure(KEY, builder(log)).path / "unet.onnx").read_bytes() == b"graph-bytes" and len(log) == 1
+
+
+def test_unlisted_files_make_an_artifact_untrusted(tmp_path):
+    store, log = ArtifactStore(tmp_path), []
+    path = store.ensure(KEY, builder(log)).path
+    (path / "unet.onnx.data").write_bytes(b"planted weights")
+    with pytest.raises(ArtifactError, match="not the ones its sidecar lists"):
+        read(path)
+
+
+def _killed_build(root, started):
+    def build(folder):
+        (folder / "unet.onnx").write_bytes(b"half an export")
+        started.set()
+        time.sleep(600)
+    ArtifactStore(root).ensure(KEY, build)
+
+
+def test_build_folders_of_a_killed_builder_are_swept(tmp_path):
+    """A real SIGKILL mid-build: the next build of any key removes its .partial folder, while a
+    live builder's folder (its lock held) stays."""
+    import signal
+    ctx = multiprocessing.get_context("fork")
+    started = ctx.Event()
+    victim = ctx.Process(target=_killed_build, args=(tmp_path, started))
+    victim.start()
+    assert started.wait(60)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(30)
+    assert len(list(tmp_path.glob(".*.partial"))) == 1
+    other = dict(KEY, weights="w2")
+    store = ArtifactStore(tmp_path)
+    with store_lock_held(store, dict(KEY, weights="w3")) as held_partial:
+        store.ensure(other, builder([]))
+        assert held_partial.is_dir()
+    assert [p.name for p in tmp_path.glob(".*.partial")] == [held_partial.name]
+    store.ensure(KEY, builder([]))
+    assert store.lookup(KEY) is not None
+
+
+@contextlib.contextmanager
+def store_lock_held(store, key):
+    """A builder at work on `key` in this process: its lock held, its .partial folder present."""
+    from sprint.engines.files import file_lock
+    path = store.path(key)
+    with file_lock(path):
+        partial = store.root / f".{path.name}.work.partial"
+        partial.mkdir()
+        yield partial
+
+
+def test_an_interrupt_after_a_link_keeps_it(tmp_path):
+    """The host's interrupt raised by progress() between links: what was finished stays built."""
+    class Interrupted(Exception):
+        pass
+
+    def interrupt():
+        raise Interrupted()
+    profile = ShapeProfile()
+    fp16 = unet_build.make_key("w", "toy", profile, "fp16", "onnxruntime", "cpu")
+    exports = []
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(Interrupted):
+        unet_build.build(store, fp16, lambda folder: exports.append((folder / "unet.onnx").write_bytes(b"g")),
+                         progress=interrupt)
+    assert store.lookup(unet_build.source_key(fp16)) is not None and len(exports) == 1
+
+
+def test_an_interrupt_during_the_export_stops_it_between_stages(tmp_path):
+    from toy_unet import ToyUNet
+    from sprint.engines.unet.export import export_unet
+
+    class Interrupted(Exception):
+        pass
+    stages = []
+
+    def check():
+        stages.append(len(stages))
+        raise Interrupted()
+    profile = ShapeProfile(batch=(1, 2), height=(16, 16), width=(16, 16), tokens=(77, 77), multiple=2)
+    with pytest.raises(Interrupted):
+        export_unet(ToyUNet().eval(), tmp_path, profile, 4, 16, check=check)
+    assert stages == [0] and list(tmp_path.iterdir()) == []       # stopped right after the trace
