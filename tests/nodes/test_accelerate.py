@@ -212,7 +212,38 @@ def test_accelerate_node_in_a_prompt(host, acc, tiny_model, tiny_clip, taesd_vae
 def test_engine_failure_runs_pytorch(acc, tiny_model, conds, monkeypatch):
     def broken(artifact, device):
         raise RuntimeError("session creation failed")
-    monkeypatch.setattr(acc.unet_engine, "load", broken)
+    monkeypatch.setattr(acc.chain, "load", broken)
     model, slot = accelerated(acc, tiny_model)
     assert torch.equal(sample(model, conds), sample(tiny_model, conds))
     assert slot.stats["pytorch_calls"] == 4 and "session creation failed" in slot.run_reason
+
+
+def test_torch_backend_matches_pytorch_compiled_in_memory(acc, tiny_model, conds, caplog):
+    """torch.compile (inductor) of the tiny UNet through ComfyUI's sampler: same key fields, no
+    artifact on disk, one compile per shape, out-of-profile calls eager and logged once."""
+    before = set(acc.store().names())
+    model, slot = acc.accelerate(tiny_model, "torch", "fp32", acc.profile_from(**PROFILE))
+    ref = sample(tiny_model, conds)
+    out = sample(model, conds)
+    assert slot.stats["engine_calls"] == 4 and slot.stats["pytorch_calls"] == 0
+    error = rel(out, ref)
+    print(f"tiny UNet, torch backend ({slot.key['runtime']}), 4-step euler: final-latent relative error {error:.2e}")
+    assert error <= 1e-3
+    assert slot.key["backend"] == "torch" and "in memory" in slot.key["artifact"] and "exporter" not in slot.key
+    assert set(acc.store().names()) == before                 # nothing written
+    assert rel(sample(model, conds, seed=4), sample(tiny_model, conds, seed=4)) <= 1e-3
+    assert len(slot.runtime.shapes) == 1                      # batch 2 (cond + uncond), one latent size
+    engines = [m.model for m in __import__("comfy.model_management").model_management.current_loaded_models
+               if isinstance(m.model, acc.EnginePatcher) and m.model.slot() is slot]
+    assert engines and engines[0].model_size() == slot.runtime.nbytes       # 0 on CPU: the UNet's own weights
+    with caplog.at_level(logging.WARNING, logger="sprint"):
+        big = sample(model, conds, size=192)
+    assert torch.equal(big, sample(tiny_model, conds, size=192))
+    [record] = fallback_records(caplog)
+    assert "outside the engine profile" in record.getMessage()
+
+
+def test_torch_backend_refuses_int8_and_runs_pytorch(acc, tiny_model, conds):
+    model, slot = acc.accelerate(tiny_model, "torch", "int8", acc.profile_from(**PROFILE))
+    assert torch.equal(sample(model, conds, steps=2), sample(tiny_model, conds, steps=2))
+    assert "int8 needs onnxruntime or tensorrt" in slot.run_reason
