@@ -13,7 +13,7 @@ import torch
 from ..engines.evaluation import relative_error
 from ..engines.unet import build as chain, torch_backend
 from ..nodes import accelerate as acc
-from . import synthetic
+from . import meters, synthetic
 from .meters import side_by_side, timed
 
 
@@ -24,6 +24,9 @@ def configure(parser):
     parser.add_argument("--latent", type=int, default=32, help="latent side (pixels / 8)")
     parser.add_argument("--steps", type=int, default=10, help="steps of the calibration and evaluation runs")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (A B C A B C ...)")
+    parser.add_argument("--torch-only", action="store_true",
+                        help="only the torch backend vs eager PyTorch per UNet call, on the device ComfyUI runs the "
+                             "model on (--gpu: CUDA graphs, ComfyUI's fp16/bf16), batch 2")
     parser.set_defaults(func=command)
 
 
@@ -48,10 +51,39 @@ def _recording(model, calls):
 
 
 @torch.no_grad()
+def torch_vs_eager(model, context_dim, side, rounds, batch=2):
+    """Per-call time of the torch backend vs the UNet as ComfyUI runs it (its own attention),
+    on the model's load device and dtype; returns the speed-up."""
+    import comfy.model_management as mm
+    mm.load_models_gpu([model])
+    unet, device, dtype = model.model.diffusion_model, model.load_device, model.model.get_dtype()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 4, side, side, generator=g).to(device, dtype)
+    t = torch.linspace(999, 1, batch).to(device)
+    c = torch.randn(batch, 77, context_dim, generator=g).to(device, dtype)
+    compiled = torch_backend.TorchUNet(unet, device, options=acc.TRACE_OPTIONS)
+    seconds, out = timed(lambda: compiled(x, t, c))
+    print(f"torch backend ({torch_backend.version(device)}) on {meters.device_name(device)} {dtype}: first call incl. "
+          f"compile {seconds:.0f} s; graph pool {compiled.nbytes / 2**20:.0f} MiB; latent {side}x{side}, batch {batch}")
+    error = relative_error(out.float(), unet(x, t, c).float())
+    med = side_by_side({"PyTorch eager": lambda i: unet(x, t, c), "torch backend": lambda i: compiled(x, t, c)},
+                       rounds, warmup=True)
+    for name, m in med.items():
+        print(f"  {name:14s} {m * 1e3:9.2f} ms per call")
+    speedup = med["PyTorch eager"] / med["torch backend"]
+    print(f"torch backend speed-up per step: {speedup:.2f}x vs eager (goal 1.3x at 512 px SD1.5 batch 2 on a GPU); "
+          f"relative error {error:.1e}")
+    return speedup
+
+
+@torch.no_grad()
 def command(host, args):
     model = synthetic.sd15_model(args.unet, seed=0)
     context_dim = synthetic.UNET_SIZES[args.unet][3]
     side = args.latent
+    if args.torch_only:
+        torch_vs_eager(model, context_dim, side, args.rounds)
+        return 0
     profile = acc.profile_from(max_batch=2, min_size=side * 8, max_size=side * 8, max_tokens=77)
     calib = (synthetic.random_conditioning(context_dim, 1), synthetic.random_conditioning(context_dim, 2))
     held = (synthetic.random_conditioning(context_dim, 3), synthetic.random_conditioning(context_dim, 4))
