@@ -6,7 +6,8 @@ export, and TensorRT reuses the ONNX graphs):
     onnxruntime fp32  <- export(folder)         the torch UNet traced to ONNX
     onnxruntime fp16  <- onnxruntime fp32       FP16 weights and compute, FP32 I/O
     onnxruntime int8  <- onnxruntime fp32       static QDQ, calibrated on sampling calls
-    tensorrt p        <- onnxruntime fp32 (p = fp32/fp16) or int8 (the QDQ graph)
+    tensorrt p        <- onnxruntime fp32 (p = fp32/fp16; fp16 from onnxruntime fp16 on TensorRT 11,
+                         which takes precision from the graph) or int8 (the QDQ graph)
 The `torch` backend has no artifact: torch.compile of the live UNet, in memory per process (its
 key has the same fields, so a weight or profile change still means a new compile).
 """
@@ -103,7 +104,7 @@ def make_key(weights, arch, profile: ShapeProfile, precision, backend, device):
 def source_key(key):
     """The artifact a build of `key` starts from (None: the torch export itself)."""
     if key["backend"] == "tensorrt":
-        graph = "int8" if key["precision"] == "int8" else "fp32"
+        graph = key["precision"] if key["precision"] == "int8" or tensorrt.strongly_typed() else "fp32"
         return make_key(key["weights"], key["arch"], ShapeProfile.from_dict(key["profile"]), graph, "onnxruntime", key["device"])
     if key["precision"] != "fp32":
         return dict({k: v for k, v in key.items() if k != "quantization"}, precision="fp32")
