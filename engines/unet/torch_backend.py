@@ -61,7 +61,7 @@ class TorchUNet:
         shape = self._shape(x, context, y)
         new = shape not in self.shapes
         if new and len(self.shapes) >= MAX_SHAPES:
-            raise Uncompiled(f"input shape {shape[0]} would be the {MAX_SHAPES + 1}th compiled shape")
+            raise Uncompiled(f"the torch backend compiled its {MAX_SHAPES} input shapes; further shapes run eagerly")
         cuda = self.device.type == "cuda"
         before = torch.cuda.memory_reserved(self.device) if cuda and new else 0
         if cuda:

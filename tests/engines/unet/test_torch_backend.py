@@ -19,7 +19,7 @@ def test_compiled_matches_eager_and_limits_its_shapes(monkeypatch):
     engine(x + 1, t, c)
     assert len(engine.shapes) == 1                                                # same shape, no recompile
     monkeypatch.setattr(torch_backend, "MAX_SHAPES", 1)
-    with pytest.raises(torch_backend.Uncompiled, match="compiled shape"):
+    with pytest.raises(torch_backend.Uncompiled, match="compiled its 1 input shapes"):
         engine(torch.randn(1, 4, 16, 16), t[:1], c[:1])
 
 
