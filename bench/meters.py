@@ -73,13 +73,6 @@ def device_name(device=None):
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-def describe_memory(meter):
-    """A PeakMemory reading in words: allocated and reserved peaks on CUDA, RSS growth on CPU."""
-    if meter.cuda:
-        return f"peak allocated {meter.peak / 2**20:.0f} MiB, peak reserved {meter.reserved / 2**20:.0f} MiB"
-    return f"peak RSS growth {meter.peak / 2**20:.0f} MiB"
-
-
 def sync(device=None):
     """Wait for queued GPU work, so a timing or memory reading covers it (no-op on CPU)."""
     if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
