@@ -1,5 +1,6 @@
-"""`bench-engines`: PyTorch FP32 vs ONNX Runtime FP32 vs ONNX Runtime INT8 per UNet call on CPU,
-side by side in one run, plus INT8 accuracy after calibration on a real sampling run.
+"""`bench-engines`: PyTorch FP32 vs ONNX Runtime FP32 vs ONNX Runtime INT8 vs the torch backend
+(torch.compile) per UNet call on CPU, side by side in one run, plus INT8 accuracy after calibration
+on a real sampling run and the torch backend's error.
 
 Everything goes through SprintAccelerateUNet's own code: the INT8 engine is calibrated by an
 ordinary sampling run of the model (euler, CFG), then measured on the UNet inputs of another
@@ -10,19 +11,22 @@ import statistics
 import torch
 
 from ..engines.evaluation import relative_error
-from ..engines.unet import build as chain
+from ..engines.unet import build as chain, torch_backend
 from ..nodes import accelerate as acc
-from . import synthetic
+from . import meters, synthetic
 from .meters import side_by_side, timed
 
 
 def configure(parser):
-    """`bench-engines`: UNet engines (PyTorch vs ORT FP32 vs ORT INT8) on CPU, timed and scored."""
+    """`bench-engines`: UNet engines (PyTorch vs ORT FP32 vs ORT INT8 vs torch.compile) on CPU, timed and scored."""
     parser.add_argument("--unet", default="shallow", choices=["tiny", "shallow", "full"],
                         help="SD1.5-architecture UNet with random weights (shallow: 320 ch, 2 levels, context 768)")
     parser.add_argument("--latent", type=int, default=32, help="latent side (pixels / 8)")
     parser.add_argument("--steps", type=int, default=10, help="steps of the calibration and evaluation runs")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (A B C A B C ...)")
+    parser.add_argument("--torch-only", action="store_true",
+                        help="only the torch backend vs eager PyTorch per UNet call, on the device ComfyUI runs the "
+                             "model on (--gpu: CUDA graphs, ComfyUI's fp16/bf16), batch 2")
     parser.set_defaults(func=command)
 
 
@@ -47,10 +51,39 @@ def _recording(model, calls):
 
 
 @torch.no_grad()
+def torch_vs_eager(model, context_dim, side, rounds, batch=2):
+    """Per-call time of the torch backend vs the UNet as ComfyUI runs it (its own attention),
+    on the model's load device and dtype; returns the speed-up."""
+    import comfy.model_management as mm
+    mm.load_models_gpu([model])
+    unet, device, dtype = model.model.diffusion_model, model.load_device, model.model.get_dtype()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 4, side, side, generator=g).to(device, dtype)
+    t = torch.linspace(999, 1, batch).to(device)
+    c = torch.randn(batch, 77, context_dim, generator=g).to(device, dtype)
+    compiled = torch_backend.TorchUNet(unet, device, options=acc.TRACE_OPTIONS)
+    seconds, out = timed(lambda: compiled(x, t, c))
+    print(f"torch backend ({torch_backend.version(device)}) on {meters.device_name(device)} {dtype}: first call incl. "
+          f"compile {seconds:.0f} s; graph pool {compiled.nbytes / 2**20:.0f} MiB; latent {side}x{side}, batch {batch}")
+    error = relative_error(out.float(), unet(x, t, c).float())
+    med = side_by_side({"PyTorch eager": lambda i: unet(x, t, c), "torch backend": lambda i: compiled(x, t, c)},
+                       rounds, warmup=True)
+    for name, m in med.items():
+        print(f"  {name:14s} {m * 1e3:9.2f} ms per call")
+    speedup = med["PyTorch eager"] / med["torch backend"]
+    print(f"torch backend speed-up per step: {speedup:.2f}x vs eager (goal 1.3x at 512 px SD1.5 batch 2 on a GPU); "
+          f"relative error {error:.1e}")
+    return speedup
+
+
+@torch.no_grad()
 def command(host, args):
     model = synthetic.sd15_model(args.unet, seed=0)
     context_dim = synthetic.UNET_SIZES[args.unet][3]
     side = args.latent
+    if args.torch_only:
+        torch_vs_eager(model, context_dim, side, args.rounds)
+        return 0
     profile = acc.profile_from(max_batch=2, min_size=side * 8, max_size=side * 8, max_tokens=77)
     calib = (synthetic.random_conditioning(context_dim, 1), synthetic.random_conditioning(context_dim, 2))
     held = (synthetic.random_conditioning(context_dim, 3), synthetic.random_conditioning(context_dim, 4))
@@ -71,11 +104,15 @@ def command(host, args):
     fp32_model, _ = acc.accelerate(model, "onnxruntime", "fp32", profile)
     on_fp32 = _sample(fp32_model, held, side, args.steps, seed=5)
 
-    errors = {"ORT FP32": [], "ORT INT8": []}
+    compiled = torch_backend.TorchUNet(unet, "cpu", options=acc.TRACE_OPTIONS)
+    seconds, _ = timed(lambda: compiled(*calls[0]))
+    print(f"torch backend ({torch_backend.version('cpu')}): first call incl. compile {seconds:.0f} s")
+    errors = {"ORT FP32": [], "ORT INT8": [], "torch": []}
     for x, t, c in calls:
         ref = unet(x, t, c).float()
         errors["ORT FP32"].append(relative_error(fp32(x, t, c), ref))
         errors["ORT INT8"].append(relative_error(q8(x, t, c), ref))
+        errors["torch"].append(relative_error(compiled(x, t, c).float(), ref))
     print(f"\nper-call relative error vs PyTorch on {len(calls)} held-out calls (another seed and prompt):")
     for name, e in errors.items():
         print(f"  {name}: median {statistics.median(e):.2e}  max {max(e):.2e}  per step "
@@ -84,7 +121,8 @@ def command(host, args):
           f"ORT FP32 {relative_error(on_fp32, reference):.2e}, ORT INT8 {relative_error(on_int8, reference):.4f}")
 
     x, t, c = calls[len(calls) // 2]
-    runs = {"PyTorch FP32": lambda i: unet(x, t, c), "ORT FP32": lambda i: fp32(x, t, c), "ORT INT8": lambda i: q8(x, t, c)}
+    runs = {"PyTorch FP32": lambda i: unet(x, t, c), "ORT FP32": lambda i: fp32(x, t, c), "ORT INT8": lambda i: q8(x, t, c),
+            "torch": lambda i: compiled(x, t, c)}
     med = side_by_side(runs, args.rounds, warmup=True)
     print(f"\nper-call time, median of {args.rounds} interleaved rounds (A B C A B C ...):")
     for name, m in med.items():
@@ -92,4 +130,6 @@ def command(host, args):
     print(f"INT8 speed-up: {med['PyTorch FP32'] / med['ORT INT8']:.2f}x vs PyTorch FP32 (bar 2x), "
           f"{med['ORT FP32'] / med['ORT INT8']:.2f}x vs ORT FP32 (bar 1.5x); "
           f"INT8 per-call error max {max(errors['ORT INT8']):.3f} (bar 0.05)")
+    print(f"torch backend speed-up: {med['PyTorch FP32'] / med['torch']:.2f}x vs PyTorch FP32 per call "
+          f"(per-call error max {max(errors['torch']):.1e})")
     return 0

@@ -9,7 +9,7 @@ from ..engines import taesd
 from ..nodes import light_vae
 from . import synthetic
 from .host import PACK_ROOT
-from .meters import side_by_side, timed
+from .meters import device_name, side_by_side, timed
 
 
 def configure(parser):
@@ -31,14 +31,16 @@ def command(host, args):
     full = comfy.sd.VAE(sd=synthetic.kl_state_dict(synthetic.FULL_KL_DDCONFIG, seed=2))
     comfy_taesd = comfy.sd.VAE(sd=sd)
     latent = torch.randn(1, 4, args.size, args.size, generator=torch.Generator().manual_seed(0))
-    precision = light_vae.pick_precision("auto", light_vae.load("taesd", "decoder").load_device)
+    device = light_vae.load("taesd", "decoder").load_device
+    precision = light_vae.pick_precision("auto", device)
     runs = {"full VAE (VAEDecode)": lambda i: full.decode(latent),
             f"light, {precision}": lambda i: light_vae.run("taesd", "decoder", latent, 0, precision),
             "light, fp32": lambda i: light_vae.run("taesd", "decoder", latent, 0, "fp32"),
             "ComfyUI TAESD-as-VAE": lambda i: comfy_taesd.decode(latent)}
     t = side_by_side(runs, args.rounds, warmup=True)                 # the warm-up loads the models
     print(f"ComfyUI {host.comfy_path} | {args.size}x{args.size} latent -> {8 * args.size} px, random weights, "
-          f"{torch.get_num_threads()} threads, medians of {args.rounds} A/B rounds")
+          f"{device_name(device)}, full VAE in {full.vae_dtype}, light auto precision {precision}, "
+          f"medians of {args.rounds} A/B rounds")
     base = t["full VAE (VAEDecode)"]
     for name, s in t.items():
         print(f"  {name:<24} {s:7.2f} s  {base / s:6.1f}x" + ("  (bar 30x)" if name.startswith("light") else ""))
@@ -54,11 +56,12 @@ def command(host, args):
         print(f"taef2 PSNR skipped: no taef2_decoder.pth in {taef2} (pass --taef2 DIR)")
         return 0
     import skimage.data
-    decoder, encoder = taesd.load_decoder(taef2 / "taef2_decoder.pth"), taesd.load_encoder(taef2 / "taef2_encoder.pth")
-    print("taef2 round trip (real weights), PSNR in dB:")
+    decoder = taesd.load_decoder(taef2 / "taef2_decoder.pth").to(device)
+    encoder = taesd.load_encoder(taef2 / "taef2_encoder.pth").to(device)
+    print(f"taef2 round trip (real weights) on {device_name(device)}, PSNR in dB:")
     for name in ("astronaut", "coffee", "chelsea", "rocket"):
         img = torch.from_numpy(getattr(skimage.data, name)()).permute(2, 0, 1)[None].float() / 255
-        img = img[..., :img.shape[-2] // 16 * 16, :img.shape[-1] // 16 * 16]
+        img = img[..., :img.shape[-2] // 16 * 16, :img.shape[-1] // 16 * 16].to(device)
         row = []
         for p in ("fp32", "bf16"):
             vae = taesd.TinyVAE("taef2", decoder, encoder, precision=p)

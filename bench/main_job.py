@@ -18,7 +18,7 @@ import statistics
 
 from ..engines.evaluation import rmse
 from .host import WORKFLOWS
-from .meters import ModelCalls, PeakMemory, timed
+from .meters import ModelCalls, PeakMemory, device_name, timed
 from .run import NEGATIVE, POSITIVE, provide_checkpoint, provide_light_decoder, stock_txt2img, with_checkpoint, with_seed
 
 PIPELINES = ("stock", "fast", "quality")
@@ -95,7 +95,7 @@ def command(host, args):
     prompts = {n: load_pipeline(n, ckpt_name, args.size, args.steps) for n in names}
     device = comfy.model_management.get_torch_device()
     cuda = getattr(device, "type", "cpu") == "cuda"
-    print(f"ComfyUI {host.comfy_path} | device {device} | checkpoint {ckpt_name}"
+    print(f"ComfyUI {host.comfy_path} | device {device_name(device)} | checkpoint {ckpt_name}"
           + ("" if args.ckpt else " (SD1.5 architecture, random weights: times and calls are real, images are noise)"))
     budgets = {n: [v["inputs"]["steps"] for v in p.values() if "steps" in v["inputs"]] for n, p in prompts.items()}
     print(f"{args.size}x{args.size} px, prompt {POSITIVE!r}, steps {budgets}; quality upscales to 2x; "
@@ -104,8 +104,10 @@ def command(host, args):
     warm = host.run(with_seed(prompts[names[0]], 10**6))         # loads the checkpoint, untimed
     loader = next(k for k, v in prompts[names[0]].items() if v["class_type"] == "CheckpointLoaderSimple")
     # the loader's MODEL stays in the executor's cache (same inputs) for every later prompt
-    counter = ModelCalls(warm.output(loader, 0).model.diffusion_model).__enter__()
-    stats = {n: {"time": [], "calls": [], "rows": [], "peak": []} for n in names}
+    loaded = warm.output(loader, 0).model
+    print(f"UNet dtype {loaded.get_dtype()} (ComfyUI's choice for this device)")
+    counter = ModelCalls(loaded.diffusion_model).__enter__()
+    stats = {n: {"time": [], "calls": [], "rows": [], "peak": [], "reserved": []} for n in names}
     latents = {}
     for round_ in range(args.repeat + 1):                       # round 0: warm-up, and the latents scored
         for name in names:
@@ -118,7 +120,8 @@ def command(host, args):
                 node, slot = final_latent(prompt)
                 latents[name] = result.output(node, slot)["samples"]
                 continue
-            for key, value in (("time", seconds), ("calls", calls), ("rows", rows), ("peak", memory.peak)):
+            for key, value in (("time", seconds), ("calls", calls), ("rows", rows), ("peak", memory.peak),
+                               ("reserved", memory.reserved)):
                 stats[name][key].append(value)
         if round_ > 0:
             print(f"round {round_}: " + ", ".join(f"{n} {stats[n]['time'][-1]:.1f} s" for n in names), flush=True)
@@ -141,4 +144,7 @@ def command(host, args):
               f"{statistics.median(s['rows']):>6.0f} {max(s['peak']) / 2**20:>9.0f} {errors[name][0]:>12.4g} "
               f"{errors[name][1]:>9.2%}")
     print(f"speed-up relative to {names[0]}; peak memory: {PeakMemory(cuda).method}, max over rounds")
+    if cuda:
+        print("peak reserved by torch's caching allocator (torch.cuda.max_memory_reserved), MiB: "
+              + ", ".join(f"{n} {max(stats[n]['reserved']) / 2**20:.0f}" for n in names))
     return 0

@@ -65,6 +65,14 @@ class ModelCalls:
         return counts
 
 
+def device_name(device=None):
+    """The device in words for bench headers: the GPU's name, or the CPU with its thread count."""
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
 def sync(device=None):
     """Wait for queued GPU work, so a timing or memory reading covers it (no-op on CPU)."""
     if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):

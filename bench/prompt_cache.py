@@ -14,7 +14,7 @@ from ..engines import prompt_cache
 from ..nodes import prompt_cache as node
 from . import synthetic
 from .host import PACK_ROOT
-from .meters import side_by_side, timed
+from .meters import device_name, side_by_side, timed
 
 TEXTS = ["a photograph of a lighthouse on a cliff at sunset, (detailed:1.2)", "a red fox in the snow, bokeh",
          "portrait of an old fisherman, 35mm film", "a bowl of ramen, studio lighting", "isometric city at night"]
@@ -59,7 +59,7 @@ def command(host, args):
         exact &= all(identical(got, fresh(t)) and how == "memory" for (got, how), t in zip(hits, texts))
         t = side_by_side({"encode": lambda i: fresh(texts[i]), "hit": lambda i: tc.encode(clip, texts[i])}, args.rounds)
         print(f"ComfyUI {host.comfy_path} | CLIP-L text encoder, {params / 1e6:.0f} M params, random weights, "
-              f"{torch.get_num_threads()} threads")
+              f"{device_name(clip.patcher.load_device)}, weights {next(clip.cond_stage_model.parameters()).dtype}")
         print(f"encode (CLIPTextEncode path) median {t['encode'] * 1e3:.1f} ms | memory hit median {t['hit'] * 1e3:.2f} ms "
               f"| speed-up {t['encode'] / t['hit']:.0f}x (bar 100x) | bit-identical: {exact}")
         print(f"weight identity of a newly loaded CLIP: {first_identity:.2f} s once per load (hashes the weights)")

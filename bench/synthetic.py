@@ -65,10 +65,20 @@ def sd15_unet_config(model_channels=32, levels=2, res_blocks=1, context_dim=768)
 UNET_SIZES = {"tiny": (32, 2, 1, 64), "shallow": (320, 2, 1, 768), "full": (320, 4, 2, 768)}
 
 
+def inference_dtype(conf):
+    """(weight dtype, manual-cast dtype) as ComfyUI's loader picks them for the load device: fp16/bf16
+    on GPUs, like a real checkpoint gets; fp32 on CPU (where every CPU figure was measured)."""
+    device = mm.get_torch_device()
+    if device.type == "cpu":
+        return torch.float32, None
+    dtype = mm.unet_dtype(device, supported_dtypes=conf.supported_inference_dtypes)
+    return dtype, mm.unet_manual_cast(dtype, device, conf.supported_inference_dtypes)
+
+
 def sd15_model(size="tiny", seed=0):
     """A MODEL (ModelPatcher) of SD1.5 architecture with random weights; size in UNET_SIZES."""
     conf = comfy.supported_models.SD15(sd15_unet_config(*UNET_SIZES[size]))
-    conf.set_inference_dtype(torch.float32, None)
+    conf.set_inference_dtype(*inference_dtype(conf))
     base = init_weights_(conf.get_model({}), seed)
     return comfy.model_patcher.ModelPatcher(base, mm.get_torch_device(), mm.unet_offload_device())
 

@@ -29,7 +29,7 @@ from ..nodes import tiled_diffusion, two_stage
 from ..nodes.tiled_diffusion import ALIGN
 from . import synthetic
 from .host import PACK_ROOT
-from .meters import ModelCalls, PeakMemory, timed
+from .meters import ModelCalls, PeakMemory, device_name, timed
 
 OVERHEAD_SIZES = (64, 96, 128, 160, 192, 256, 320, 384, 512)
 
@@ -87,7 +87,7 @@ def measure(args):
         seconds, _ = timed(lambda: evaluate(model, size, cond))
     peak, baseline = memory.peak, memory.start
     print(json.dumps({"size": size, "mode": mode, "peak_bytes": peak, "seconds": seconds, "baseline_bytes": baseline,
-                      "method": memory.method}))
+                      "method": memory.method, "reserved_bytes": memory.reserved, "cuda": cuda}))
     return 0
 
 
@@ -131,6 +131,9 @@ def print_memory(host, args):
               f"{tiled['seconds'] / plain['seconds']:>6.2f}", flush=True)
     print(f"  memory: {plain['method']} during the evaluation, above the process with the model loaded "
           f"(baseline {plain['baseline_bytes'] / 2**30:.1f} GiB)")
+    if plain["cuda"]:
+        print("  peak reserved (torch.cuda.max_memory_reserved, whole process), untiled / tiled MiB: " + ", ".join(
+            f"{size} latent {p['reserved_bytes'] / 2**20:.0f} / {t['reserved_bytes'] / 2**20:.0f}" for size, (p, t) in rows.items()))
     return rows
 
 
@@ -184,9 +187,11 @@ def command(host, args):
     if args.measure:
         return measure(args)
     import platform
+
+    import comfy.model_management as mm
     parts = set(args.parts.split(","))
-    print(f"Sprint bench-tiling | ComfyUI at {host.comfy_path} | {'GPU if found' if args.gpu else 'CPU'}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()} | SD1.5 '{args.model}' "
+    print(f"Sprint bench-tiling | ComfyUI at {host.comfy_path} | {device_name(mm.get_torch_device())}, "
+          f"{platform.processor() or platform.machine()} | SD1.5 '{args.model}' "
           f"architecture, random weights (time, memory and FLOPs do not depend on weight values) | "
           f"attention: {args.attention}", flush=True)
     bars = []

@@ -1,5 +1,6 @@
 """UNet engines: SprintAccelerateUNet runs the diffusion model through ONNX Runtime (FP32, FP16,
-INT8) or TensorRT, building the engine on first use and reusing it from the Sprint models folder.
+INT8) or TensorRT, building the engine on first use and reusing it from the Sprint models folder,
+or through torch.compile (CUDA-graph replay on NVIDIA GPUs), compiled in memory per process.
 
 Hook: a keyed DIFFUSION_MODEL wrapper, i.e. exactly where the UNet's forward(x, timesteps,
 context, y, control, transformer_options) runs, below ComfyUI's input scaling, CFG and every
@@ -11,7 +12,8 @@ downstream changes it: new engine), and after an INT8 calibration run quantizes.
 
 Memory: the engine is an additional model of the patched MODEL (EnginePatcher), so
 load_models_gpu counts its real size (artifact bytes, plus TensorRT's activation memory) next to
-the PyTorch UNet, which stays loaded for the fallbacks; evicting it releases the session.
+the PyTorch UNet, which stays loaded for the fallbacks; evicting it releases the session. The
+torch backend shares the UNet's weights: its size is the CUDA-graph memory pool it captured.
 """
 import functools
 import logging
@@ -27,7 +29,7 @@ from comfy_api.latest import io, ui
 
 from . import common
 from ..engines.files import digest
-from ..engines.unet import build as chain, ort
+from ..engines.unet import build as chain, ort, torch_backend
 from ..engines.unet.artifacts import ArtifactError, ArtifactStore, read
 from ..engines.unet.export import ShapeProfile, export_unet
 from ..engines.unet.int8 import CalibrationSet
@@ -43,9 +45,12 @@ def store():
 
 
 def _plain_attention(func, *args, **kwargs):
-    """Export with PyTorch SDPA: ComfyUI's CPU default (sub-quadratic chunking) bakes the traced
-    shapes into Python branches."""
+    """Export and compile with PyTorch SDPA: ComfyUI's CPU default (sub-quadratic chunking) bakes
+    the traced shapes into Python branches, and sizes its chunks by the memory free at the time."""
     return comfy.ldm.modules.attention.attention_pytorch(*args, **kwargs)
+
+
+TRACE_OPTIONS = {"optimized_attention_override": _plain_attention}
 
 
 class Slot:
@@ -72,6 +77,8 @@ class Slot:
     def nbytes(self):
         if self.runtime is not None:
             return self.runtime.nbytes
+        if self.key and self.key["backend"] in chain.IN_MEMORY:
+            return self.estimate
         try:
             artifact = self.key and store().lookup(self.key)
         except OSError:             # an unreadable models volume: the estimate will do
@@ -95,20 +102,28 @@ class Slot:
             self.device = device
             key = chain.make_key(common.patcher_fingerprint(patcher, "diffusion_model."), digest(config),
                                        self.profile, self.precision, backend, device)
-        except ort.RuntimeMissing as e:
+        except (ort.RuntimeMissing, ValueError) as e:
             self.run_reason = str(e)
             return
         if self.runtime_key is not None and key != self.runtime_key:
             log.info("Sprint engine: the model's weights or settings changed (LoRA/patches): using another engine")
             self.release()
         params = sum(p.numel() for p in patcher.model.diffusion_model.parameters())
-        self.estimate = params * chain.BYTES_PER_WEIGHT[self.precision]
+        # the torch backend holds no weights of its own (its graph pool is measured once captured)
+        self.estimate = 0 if backend in chain.IN_MEMORY else params * chain.BYTES_PER_WEIGHT[self.precision]
         self.key = key
 
     def engine(self, unet):
         """The loaded engine for this run's key, building it if needed; None while an INT8
         calibration run records (that run samples in PyTorch)."""
         if self.runtime is not None and self.runtime_key == self.key:
+            return self.runtime
+        if self.key["backend"] in chain.IN_MEMORY:
+            log.info("Sprint engine: compiling the UNet with torch.compile (%s) at each input shape it meets",
+                     torch_backend.mode(self.device))
+            self.runtime = torch_backend.TorchUNet(unet, self.device, self.arch["y_dim"] is not None, TRACE_OPTIONS)
+            self.runtime_key = self.key
+            common.send_event("engine", {"status": "ready", "backend": "torch", "precision": "model dtype"})
             return self.runtime
         artifacts = store()
         artifact = artifacts.lookup(self.key)
@@ -131,7 +146,7 @@ class Slot:
 
     def export(self, unet, folder):
         export_unet(unet, folder, self.profile, self.arch["in_channels"], self.arch["context_dim"], self.arch["y_dim"],
-                    forward_kwargs={"transformer_options": {"optimized_attention_override": _plain_attention}},
+                    forward_kwargs={"transformer_options": TRACE_OPTIONS},
                     check=mm.throw_exception_if_processing_interrupted)
 
     def _build(self, key, export, what, calibration=None):
@@ -201,6 +216,8 @@ def _diffusion_model(slot, executor, x, timesteps=None, context=None, y=None, co
             slot.calibration.record(x, timesteps, context, y)
         except mm.InterruptProcessingException:
             raise
+        except torch_backend.Uncompiled as e:   # this call only
+            reason = str(e)
         except Exception as e:          # a failed build or run costs speed for this run, never the image
             reason = slot.run_reason = f"the engine failed ({type(e).__name__}: {e})"
             if reason not in slot.reasons:       # e.g. a read-only models volume: once, not every run
@@ -259,15 +276,18 @@ profile_from = chain.profile_from_pixels
 
 
 BACKEND_TIP = ("auto: TensorRT on an NVIDIA GPU when installed, else ONNX Runtime (CPU, or CUDA with "
-               "onnxruntime-gpu). A missing package is named once and the model runs in PyTorch.")
-PRECISION_TIP = ("fp32: same results as PyTorch (relative error ~1e-6). fp16: half-size weights, for GPUs. "
+               "onnxruntime-gpu), else torch. torch: torch.compile of the UNet (CUDA-graph replay on NVIDIA "
+               "GPUs) in its own dtype, compiled in memory on each run's first calls, no files. A missing "
+               "package is named once and the model runs in PyTorch.")
+PRECISION_TIP = ("ONNX Runtime/TensorRT: fp32: same results as PyTorch (relative error ~1e-6). fp16: half-size weights, for GPUs. "
                  "int8: static quantization calibrated on the first sampling run (which runs in PyTorch and "
-                 "records the UNet inputs); ~2-3x faster than PyTorch on CPU, a few % per-call error.")
+                 "records the UNet inputs); ~2-3x faster than PyTorch on CPU, a few % per-call error. torch: the model's "
+                 "own dtype whatever is chosen here (fp32/fp16), int8 is not available.")
 
 
 def engine_inputs():
     return [
-        io.Combo.Input("backend", options=["auto", "onnxruntime", "tensorrt"], default="auto", tooltip=BACKEND_TIP),
+        io.Combo.Input("backend", options=["auto", *chain.BACKENDS], default="auto", tooltip=BACKEND_TIP),
         io.Combo.Input("precision", options=list(chain.PRECISIONS), default="fp32", tooltip=PRECISION_TIP),
         io.Int.Input("max_batch", default=4, min=1, max=64, tooltip="Largest UNet batch (images x 2 with CFG: cond and uncond run together)."),
         io.Int.Input("min_size", default=256, min=64, max=8192, step=64, tooltip="Smallest image side in pixels the engine accepts."),
@@ -284,7 +304,7 @@ class SprintAccelerateUNet(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SprintAccelerateUNet", display_name="Sprint Accelerate UNet", category="Sprint/engines",
-            description="Runs the UNet on ONNX Runtime (FP32/FP16/INT8) or TensorRT. Builds the engine on the first "
+            description="Runs the UNet on ONNX Runtime (FP32/FP16/INT8), TensorRT or torch.compile. Builds the engine on the first "
                         "sampling run (progress bar) into models/sprint_engines and reuses it. Changing the weights "
                         "(LoRA, merges) builds a new engine. ControlNet, attention/block patches and sizes outside "
                         "the profile run in PyTorch with the reason logged once: never a failure.",
@@ -314,7 +334,7 @@ class SprintBuildUNetEngine(io.ComfyNode):
                     io.Float.Input("cfg", default=7.0, min=0.0, max=30.0, step=0.1, tooltip="CFG scale of the calibration run."),
                     *engine_inputs()],
             outputs=[io.Model.Output(tooltip="The accelerated model (engine loaded)."),
-                     io.String.Output(tooltip="Artifact name in models/sprint_engines.")],
+                     io.String.Output(tooltip="Artifact name in models/sprint_engines (empty for the torch backend: nothing is written).")],
             is_output_node=True)
 
     @classmethod
@@ -328,6 +348,9 @@ class SprintBuildUNetEngine(io.ComfyNode):
         for _ in range(2 if precision == "int8" else 1):      # INT8: calibration run, then a run on the engine
             comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent,
                                 disable_pbar=True, seed=seed)
+        if slot.key and slot.key["backend"] in chain.IN_MEMORY and slot.stats["engine_calls"]:
+            return io.NodeOutput(model, "", ui=ui.PreviewText(f"torch.compile on {slot.key['device']}: compiled in "
+                                                              "memory for this process, no engine file"))
         artifact = slot.key and store().lookup(slot.key)
         if artifact is None or slot.stats["engine_calls"] == 0:
             raise RuntimeError("Sprint engine was not built: " + ("; ".join(sorted(slot.reasons)) or slot.run_reason or "unknown reason"))

@@ -86,11 +86,15 @@ def load(variant, part):
 
 
 def pick_precision(precision, device):
+    """auto on a GPU: the half type ComfyUI's own VAE would use there (its vae_dtype: bf16 where
+    the device has it, e.g. Ampere/Hopper, and --fp16-vae/--bf16-vae/--fp32-vae respected), else
+    fp16 where ComfyUI runs fp16 (TAESD is safe in fp16, unlike the SD VAE), else fp32."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "fp16"
-    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device.type != "cpu":
+        dtype = mm.vae_dtype(device, [torch.bfloat16, torch.float16])
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return "bf16"      # native bf16 (AVX512-BF16/AMX): ~2.5x faster, PSNR within 0.1 dB (README)
     return "fp32"
 
@@ -140,7 +144,8 @@ def common_inputs():
                      tooltip="Tile side in pixels for huge images (0: automatic, tiles only when memory is short). "
                              "Tiles overlap by the network's receptive field, so the result equals a whole decode."),
         io.Combo.Input("precision", options=PRECISIONS, default="auto", optional=True,
-                       tooltip="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32."),
+                       tooltip="auto: on a GPU the half type ComfyUI's VAE uses there (bf16 on Ampere/Hopper, else fp16), "
+                               "bf16 on CPUs with native bf16, else fp32."),
     ]
 
 

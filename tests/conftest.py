@@ -1,9 +1,10 @@
 """Test tiers: engines (always), host (`host` marker: a ComfyUI checkout), browser (`browser`).
 
 The pack is importable here as `sprint` (its folder name is whatever the clone is called). The
-host tier boots ComfyUI once per session, on CPU, and loads Sprint through ComfyUI's own
-custom-node loader; without a host it is skipped with one line, or fails when
-SPRINT_REQUIRE_HOST=1.
+host tier boots ComfyUI once per session, on CPU (SPRINT_TEST_DEVICE=cuda: in ComfyUI's default GPU
+mode, its fp16/bf16 weights and memory manager; tests marked `cpu_only` skip there), and loads
+Sprint through ComfyUI's own custom-node loader; without a host (or, for cuda, without a CUDA
+device) it is skipped with one line, or fails when SPRINT_REQUIRE_HOST=1.
 """
 import importlib.util
 import os
@@ -22,10 +23,17 @@ _spec.loader.exec_module(sprint)
 from sprint.bench import host as hostlib  # noqa: E402
 
 REQUIRE_HOST = os.environ.get("SPRINT_REQUIRE_HOST") == "1"
+DEVICE = os.environ.get("SPRINT_TEST_DEVICE", "cpu")
 ENABLE_HINT = "fix it, or point COMFYUI_PATH at a working ComfyUI 0.3.64 checkout"
 
 
 def _host_path():
+    if DEVICE not in ("cpu", "cuda"):
+        return None, f"SPRINT_TEST_DEVICE={DEVICE!r}: choose cpu (default) or cuda"
+    if DEVICE == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            return None, f"SPRINT_TEST_DEVICE=cuda but torch {torch.__version__} sees no CUDA device"
     try:
         return hostlib.find_comfyui(), None
     except hostlib.HostNotFound as e:
@@ -36,8 +44,13 @@ HOST_PATH, HOST_MISSING = _host_path()
 _host_state = {"host": None, "error": None}
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cpu_only(reason): checks something only a CPU host shows; "
+                                       "skipped with SPRINT_TEST_DEVICE=cuda")
+
+
 def pytest_report_header(config):
-    return f"ComfyUI host: {HOST_PATH or 'none'}" + (" (required)" if REQUIRE_HOST else "")
+    return f"ComfyUI host: {HOST_PATH or 'none'} on {DEVICE}" + (" (required)" if REQUIRE_HOST else "")
 
 
 def _unavailable(reason):
@@ -54,7 +67,7 @@ def host(tmp_path_factory):
     if _host_state["host"] is None and _host_state["error"] is None:
         try:
             import harness
-            _host_state["host"] = harness.boot(HOST_PATH, tmp_path_factory.mktemp("comfy-base"))
+            _host_state["host"] = harness.boot(HOST_PATH, tmp_path_factory.mktemp("comfy-base"), cpu=DEVICE == "cpu")
         except Exception as e:  # a broken host is reported, and fails when the host is required
             _host_state["error"] = f"ComfyUI at {HOST_PATH} failed to boot: {type(e).__name__}: {e}"
     if _host_state["error"]:
@@ -67,10 +80,13 @@ def _tiers(request):
     """Host and browser tests start by asking for the host, so they skip (or fail) together."""
     if request.node.get_closest_marker("host") or request.node.get_closest_marker("browser"):
         request.getfixturevalue("host")
+    cpu_only = request.node.get_closest_marker("cpu_only")
+    if cpu_only and DEVICE != "cpu":
+        pytest.skip(f"CPU-specific ({cpu_only.args[0] if cpu_only.args else 'CPU host only'})")
 
 
 def pytest_terminal_summary(terminalreporter):
-    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "host" in r.keywords or "browser" in r.keywords]
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if {"host", "browser"} & set(getattr(r, "keywords", ()))]
     if skipped and (HOST_MISSING or _host_state["error"]):
         reason = HOST_MISSING or f"{_host_state['error']}; {ENABLE_HINT}"
         terminalreporter.write_line(f"host tier skipped ({len(skipped)} tests): {reason}")
@@ -160,7 +176,7 @@ def comfy_server(host, sd15_checkpoint, tmp_path_factory):
     import folder_paths
     import harness
     server = harness.Server(host.comfy_path, tmp_path_factory.mktemp("server-base"),
-                            folder_paths.get_folder_paths("checkpoints")[0])
+                            folder_paths.get_folder_paths("checkpoints")[0], cpu=DEVICE == "cpu")
     try:
         server.wait()
         yield server

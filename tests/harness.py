@@ -40,8 +40,9 @@ def _source_node(type_name):
     return HarnessSource
 
 
-def boot(comfy_path, base_dir):
-    host = hostlib.boot(comfy_path, base_dir)
+def boot(comfy_path, base_dir, cpu=True):
+    """ComfyUI booted on CPU, or (cpu=False) in its default GPU mode, with the harness nodes."""
+    host = hostlib.boot(comfy_path, base_dir, cpu=cpu)
     for t in TYPES:
         host.nodes.NODE_CLASS_MAPPINGS[f"HarnessSource{t}"] = _source_node(t)
     return host
@@ -83,11 +84,13 @@ def captured_events():
             server.PromptServer.instance = previous
 
 def cli(host, *args, cache=None, timeout=900):
-    """`python <Sprint> --comfyui <host> ARGS` as a user runs it, with its cache in `cache`;
-    returns the finished process (stdout, stderr as text) after asserting it succeeded."""
+    """`python <Sprint> --comfyui <host> ARGS` as a user runs it (with --gpu in the CUDA tier), with
+    its cache in `cache`; returns the finished process (stdout, stderr as text) after asserting it
+    succeeded."""
     import os
     env = dict(os.environ, **({"SPRINT_CACHE": str(cache)} if cache else {}))
-    run = subprocess.run([sys.executable, str(hostlib.PACK_ROOT), "--comfyui", str(host.comfy_path), *map(str, args)],
+    gpu = ["--gpu"] if os.environ.get("SPRINT_TEST_DEVICE") == "cuda" else []
+    run = subprocess.run([sys.executable, str(hostlib.PACK_ROOT), "--comfyui", str(host.comfy_path), *gpu, *map(str, args)],
                          capture_output=True, text=True, timeout=timeout, env=env)
     assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-3000:])
     return run
@@ -100,10 +103,10 @@ def free_port():
 
 
 class Server:
-    """The real ComfyUI server (main.py --cpu) on a loopback port, Sprint reachable through an
-    extra model-paths file, an in-memory database and a temp base directory."""
+    """The real ComfyUI server (main.py, --cpu unless cpu=False) on a loopback port, Sprint
+    reachable through an extra model-paths file, an in-memory database and a temp base directory."""
 
-    def __init__(self, comfy_path, base_dir, checkpoints_dir=None):
+    def __init__(self, comfy_path, base_dir, checkpoints_dir=None, cpu=True):
         self.base_dir = pathlib.Path(base_dir)
         packs = self.base_dir / "packs"
         hostlib.link_pack(packs)
@@ -116,7 +119,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(self.base_dir / "server.log", "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            [sys.executable, "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
              "--base-directory", str(self.base_dir), "--disable-api-nodes", "--disable-auto-launch",
              "--database-url", "sqlite:///:memory:",
              "--extra-model-paths-config", str(self.base_dir / "extra_model_paths.yaml")],

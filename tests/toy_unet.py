@@ -3,6 +3,7 @@ names laid out like SD1.5's (time_embed, input_blocks.0.0, out), for engine test
 ComfyUI; and a short EPS sampling run over it."""
 import math
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -63,3 +64,12 @@ def sampling_run(unet, context, seed, steps=6, shape=(2, 4, 16, 16)):
     sigmas = sampling.get_sigmas_karras(steps, 0.03, 14.6)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
     return sampling.sample_dpmpp_multistep(denoiser(unet, context), x, sigmas, disable=True, order=2)
+
+
+def _has(*modules):
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+# ONNX export and ONNX Runtime tests skip, with the install hint, where the packages are absent
+needs_onnxruntime = pytest.mark.skipif(not _has("onnx", "onnxruntime"), reason="needs `pip install onnx onnxruntime`")

@@ -6,19 +6,23 @@ export, and TensorRT reuses the ONNX graphs):
     onnxruntime fp32  <- export(folder)         the torch UNet traced to ONNX
     onnxruntime fp16  <- onnxruntime fp32       FP16 weights and compute, FP32 I/O
     onnxruntime int8  <- onnxruntime fp32       static QDQ, calibrated on sampling calls
-    tensorrt p        <- onnxruntime fp32 (p = fp32/fp16) or int8 (the QDQ graph)
+    tensorrt p        <- onnxruntime fp32 (p = fp32/fp16; fp16 from onnxruntime fp16 on TensorRT 11,
+                         which takes precision from the graph) or int8 (the QDQ graph)
+The `torch` backend has no artifact: torch.compile of the live UNet, in memory per process (its
+key has the same fields, so a weight or profile change still means a new compile).
 """
 import json
 
 import torch
 
-from . import int8, ort, tensorrt
+from . import int8, ort, tensorrt, torch_backend
 from ..files import digest
 from .artifacts import SIDECAR, ArtifactError
 from .export import GRAPH, OPSET, ShapeProfile
 from .tensorrt import PLAN
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
+IN_MEMORY = ("torch",)          # backends compiled per process: nothing in the store
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_CALLS = 16
 BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1}
@@ -26,10 +30,14 @@ BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1}
 
 def resolve(backend, device):
     """(backend, device) to run `backend` ("auto" or one of BACKENDS) on; raises ort.RuntimeMissing
-    naming the package to install. auto: TensorRT on a CUDA device where installed, else ONNX Runtime."""
+    naming the package to install. auto: TensorRT on a CUDA device where installed, else ONNX
+    Runtime where it runs on the device, else torch.compile."""
     device = torch.device(device)
     if backend == "auto":
-        backend = "tensorrt" if device.type == "cuda" and tensorrt.available() else "onnxruntime"
+        backend = "tensorrt" if device.type == "cuda" and tensorrt.available() else \
+            "onnxruntime" if _ort_runs_on(device) else "torch"
+    if backend == "torch":
+        return "torch", device
     if backend == "tensorrt":
         tensorrt.require()
         return "tensorrt", device
@@ -39,6 +47,14 @@ def resolve(backend, device):
     if device.type != "cpu":
         ort.providers(device)      # raises without onnxruntime-gpu
     return "onnxruntime", device
+
+
+def _ort_runs_on(device):
+    try:
+        ort.providers(device)
+        return True
+    except ort.RuntimeMissing:
+        return False
 
 
 def describe(unet_config):
@@ -59,6 +75,8 @@ def profile_from_pixels(max_batch, min_size, max_size, max_tokens, multiple=8):
 
 
 def runtime_version(backend, device):
+    if backend == "torch":
+        return torch_backend.version(device)
     if backend == "tensorrt":
         return tensorrt.version(torch.device(device))
     return f"onnxruntime {ort.version()}"
@@ -69,10 +87,15 @@ def make_key(weights, arch, profile: ShapeProfile, precision, backend, device):
     (base + patches/LoRA); `arch`: digest of the UNet configuration."""
     if backend not in BACKENDS or precision not in PRECISIONS:
         raise ValueError(f"unknown engine {backend}/{precision}; backends {BACKENDS}, precisions {PRECISIONS}")
+    if backend in IN_MEMORY and precision == "int8":
+        raise ValueError("the torch backend runs the UNet in its own dtype: int8 needs onnxruntime or tensorrt")
     device = torch.device(device)
     key = {"weights": weights, "arch": arch, "profile": profile.as_dict(), "precision": precision,
-           "backend": backend, "device": device.type, "runtime": runtime_version(backend, device),
-           "exporter": f"torch {torch.__version__.split('+')[0]} opset {OPSET}"}
+           "backend": backend, "device": device.type, "runtime": runtime_version(backend, device)}
+    if backend in IN_MEMORY:
+        key["artifact"] = "none: compiled in memory per process"
+    else:
+        key["exporter"] = f"torch {torch.__version__.split('+')[0]} opset {OPSET}"
     if precision == "int8":
         key["quantization"] = digest(int8.KEEP_FLOAT, int8.QUANTIZED_OPS, "qdq-minmax-u8s8-per-channel")
     return key
@@ -81,7 +104,7 @@ def make_key(weights, arch, profile: ShapeProfile, precision, backend, device):
 def source_key(key):
     """The artifact a build of `key` starts from (None: the torch export itself)."""
     if key["backend"] == "tensorrt":
-        graph = "int8" if key["precision"] == "int8" else "fp32"
+        graph = key["precision"] if key["precision"] == "int8" or tensorrt.strongly_typed() else "fp32"
         return make_key(key["weights"], key["arch"], ShapeProfile.from_dict(key["profile"]), graph, "onnxruntime", key["device"])
     if key["precision"] != "fp32":
         return dict({k: v for k, v in key.items() if k != "quantization"}, precision="fp32")
@@ -108,7 +131,7 @@ def recorded_key(path):
     try:
         key = json.loads((path / SIDECAR).read_text())["key"]
         ShapeProfile.from_dict(key["profile"])
-        if key["backend"] in BACKENDS and key["precision"] in PRECISIONS:
+        if key["backend"] in BACKENDS and key["backend"] not in IN_MEMORY and key["precision"] in PRECISIONS:
             return key
     except (OSError, ValueError, KeyError, TypeError):
         pass

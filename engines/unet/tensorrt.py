@@ -1,8 +1,10 @@
 """TensorRT engines for an exported UNet (NVIDIA GPUs only): build a plan from the ONNX graph with
 one optimization profile, run it on torch CUDA tensors.
 
-FP16 builds from the FP32 graph with the FP16 flag; INT8 builds from the QDQ graph that
-int8.py writes (explicit quantization: TensorRT keeps the calibrated scales).
+FP16 builds from the FP32 graph with the FP16 flag (TensorRT 10, weakly typed) or, where the
+precision flags are gone (TensorRT 11: strongly typed networks only), from the FP16 ONNX graph; INT8
+builds from the QDQ graph that int8.py writes (explicit quantization: TensorRT keeps the
+calibrated scales).
 tensorrt is optional and imported only here, when asked for.
 """
 import pathlib
@@ -42,6 +44,11 @@ def version(device):
     return f"tensorrt {trt.__version__} on {props.name} sm_{props.major}{props.minor}"
 
 
+def strongly_typed():
+    """True where TensorRT takes precision from the graph alone (11.x removed BuilderFlag.FP16/INT8)."""
+    return not hasattr(require().BuilderFlag, "FP16")
+
+
 def shapes(profile, channels, context_dim, y_dim=None):
     """(min, opt, max) shapes per input name for a ShapeProfile."""
     opt = profile.optimum()
@@ -54,11 +61,13 @@ def shapes(profile, channels, context_dim, y_dim=None):
 
 
 def build_plan(graph, folder, input_shapes, precision):
-    """Parse `graph` (ONNX), build for precision fp16/int8/fp32, write folder/unet.plan."""
+    """Parse `graph` (ONNX), build for precision fp16/int8/fp32, write folder/unet.plan. Strongly
+    typed TensorRT: the graph's own types decide (an FP16 or QDQ graph), the flags are not set."""
     trt = require()
+    typed = strongly_typed()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(graph)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -68,9 +77,9 @@ def build_plan(graph, folder, input_shapes, precision):
     for name, (lo, opt, hi) in input_shapes.items():
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
-    if precision in ("fp16", "int8"):
+    if not typed and precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
+    if not typed and precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
     plan = builder.build_serialized_network(network, config)
     if plan is None:

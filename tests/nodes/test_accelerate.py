@@ -39,7 +39,16 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+def require_ort_on(device):
+    """The ONNX Runtime tests need its provider for the host's device (CUDA tier: onnxruntime-gpu)."""
+    if device.type != "cpu":
+        ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime engine tests on CUDA need onnxruntime-gpu")
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            pytest.skip("ONNX Runtime engine tests on CUDA need onnxruntime-gpu (CUDAExecutionProvider)")
+
+
 def accelerated(acc, model, precision="fp32", **profile):
+    require_ort_on(model.load_device)
     return acc.accelerate(model, "onnxruntime", precision, acc.profile_from(**{**PROFILE, **profile}))
 
 
@@ -185,6 +194,7 @@ def test_int8_calibrates_on_first_run_then_runs_quantized(acc, tiny_model, conds
 
 
 def test_builder_and_loader_nodes(acc, host, tiny_model, conds, tmp_path):
+    require_ort_on(tiny_model.load_device)
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
     out = acc.SprintBuildUNetEngine.execute(tiny_model, conds[0], conds[1], latent, 0, 2, 5.0, "onnxruntime",
                                             "fp32", 4, 64, 128, 231)
@@ -226,7 +236,8 @@ def test_accelerate_node_in_a_prompt(host, acc, tiny_model, tiny_clip, taesd_vae
     g.node("SaveImage", images=decode.out(0), filename_prefix="sprint_engine")
     result = host.run(g.finalize())
     assert torch.isfinite(result.output(ks.id)["samples"]).all()
-    assert any(e == "engine" and d.get("status") == "ready" and d["backend"] == "onnxruntime" for e, d in events)
+    auto = acc.chain.resolve("auto", tiny_model.load_device)[0]       # onnxruntime here; torch on a bare GPU
+    assert any(e == "engine" and d.get("status") == "ready" and d["backend"] == auto for e, d in events)
 
 
 def test_engine_failure_runs_pytorch(acc, tiny_model, conds, monkeypatch):
@@ -236,3 +247,35 @@ def test_engine_failure_runs_pytorch(acc, tiny_model, conds, monkeypatch):
     model, slot = accelerated(acc, tiny_model)
     assert torch.equal(sample(model, conds), sample(tiny_model, conds))
     assert slot.stats["pytorch_calls"] == 4 and "session creation failed" in slot.run_reason
+
+
+def test_torch_backend_matches_pytorch_compiled_in_memory(acc, tiny_model, conds, caplog):
+    """torch.compile (inductor) of the tiny UNet through ComfyUI's sampler: same key fields, no
+    artifact on disk, one compile per shape, out-of-profile calls eager and logged once."""
+    before = set(acc.store().names())
+    model, slot = acc.accelerate(tiny_model, "torch", "fp32", acc.profile_from(**PROFILE))
+    ref = sample(tiny_model, conds)
+    out = sample(model, conds)
+    assert slot.stats["engine_calls"] == 4 and slot.stats["pytorch_calls"] == 0
+    error = rel(out, ref)
+    tol = 1e-3 if tiny_model.model.get_dtype() == torch.float32 else 1e-2     # CUDA tier: ComfyUI's fp16/bf16
+    print(f"tiny UNet, torch backend ({slot.key['runtime']}), 4-step euler: final-latent relative error {error:.2e}")
+    assert error <= tol
+    assert slot.key["backend"] == "torch" and "in memory" in slot.key["artifact"] and "exporter" not in slot.key
+    assert set(acc.store().names()) == before                 # nothing written
+    assert rel(sample(model, conds, seed=4), sample(tiny_model, conds, seed=4)) <= tol
+    assert len(slot.runtime.shapes) == 1                      # batch 2 (cond + uncond), one latent size
+    engines = [m.model for m in __import__("comfy.model_management").model_management.current_loaded_models
+               if isinstance(m.model, acc.EnginePatcher) and m.model.slot() is slot]
+    assert engines and engines[0].model_size() == slot.runtime.nbytes       # 0 on CPU: the UNet's own weights
+    with caplog.at_level(logging.WARNING, logger="sprint"):
+        big = sample(model, conds, size=192)
+    assert torch.equal(big, sample(tiny_model, conds, size=192))
+    [record] = fallback_records(caplog)
+    assert "outside the engine profile" in record.getMessage()
+
+
+def test_torch_backend_refuses_int8_and_runs_pytorch(acc, tiny_model, conds):
+    model, slot = acc.accelerate(tiny_model, "torch", "int8", acc.profile_from(**PROFILE))
+    assert torch.equal(sample(model, conds, steps=2), sample(tiny_model, conds, steps=2))
+    assert "int8 needs onnxruntime or tensorrt" in slot.run_reason

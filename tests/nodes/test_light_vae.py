@@ -89,3 +89,15 @@ def test_every_variant_loads_comfyuis_own_taesd_layout(host, tmp_path):
             path = tmp_path / f"{kind}{channels}.pth"
             torch.save({k: torch.randn(v.shape) for k, v in build(channels).state_dict().items()}, path)
             assert T.latent_channels(load(path)) == channels
+
+
+@pytest.mark.parametrize("bf16, fp16, want", [(True, True, "bf16"), (False, True, "fp16"), (False, False, "fp32")])
+def test_auto_precision_on_a_gpu_is_what_comfyuis_vae_would_pick(host, monkeypatch, bf16, fp16, want):
+    """Only ComfyUI's capability queries are stood in for (a Hopper: bf16; a Turing: fp16; none)."""
+    import comfy.model_management as mm
+    light_vae = host.pack.nodes.light_vae
+    monkeypatch.setattr(mm, "should_use_bf16", lambda device=None, *a, **k: bf16)
+    monkeypatch.setattr(mm, "should_use_fp16", lambda device=None, *a, **k: fp16)
+    assert light_vae.pick_precision("auto", torch.device("cuda", 0)) == want
+    assert light_vae.pick_precision("fp32", torch.device("cuda", 0)) == "fp32"
+    assert light_vae.pick_precision("auto", torch.device("cpu")) in ("bf16", "fp32")     # the CPU rule, unchanged

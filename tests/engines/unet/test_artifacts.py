@@ -13,6 +13,8 @@ from sprint.engines.unet import build as unet_build
 from sprint.engines.unet.artifacts import SIDECAR, ArtifactStore, artifact_name, read, ArtifactError
 from sprint.engines.unet.export import ShapeProfile
 
+from toy_unet import needs_onnxruntime
+
 KEY = {"backend": "onnxruntime", "precision": "fp32", "weights": "w1", "profile": {"batch": [1, 4]}}
 
 
@@ -34,6 +36,7 @@ def test_built_once_then_reused(tmp_path):
     assert store.names() == [a.name] and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@needs_onnxruntime
 def test_key_parts_give_distinct_artifacts():
     profile = ShapeProfile()
     keys = [unet_build.make_key("w1", "a", profile, "fp32", "onnxruntime", "cpu"),
@@ -107,6 +110,7 @@ def test_concurrent_builders_take_turns(tmp_path):
     assert len(ArtifactStore(tmp_path).names()) == 1
 
 
+@needs_onnxruntime
 def test_build_chain_reuses_the_fp32_export(tmp_path):
     from toy_unet import ToyUNet
     from sprint.engines.unet.export import export_unet
@@ -271,3 +275,20 @@ def test_an_interrupt_during_the_export_stops_it_between_stages(tmp_path):
     with pytest.raises(Interrupted):
         export_unet(ToyUNet().eval(), tmp_path, profile, 4, 16, check=check)
     assert stages == [0] and list(tmp_path.iterdir()) == []       # stopped right after the trace
+
+
+def test_torch_backend_key_names_it_and_has_no_artifact():
+    profile = ShapeProfile()
+    key = unet_build.make_key("w", "a", profile, "fp32", "torch", "cpu")
+    assert key["backend"] == "torch" and key["runtime"].startswith("torch ") and "inductor" in key["runtime"]
+    assert "in memory" in key["artifact"] and "exporter" not in key
+    assert unet_build.make_key("w2", "a", profile, "fp32", "torch", "cpu") != key       # weights still key it
+    with pytest.raises(ValueError, match="int8 needs onnxruntime or tensorrt"):
+        unet_build.make_key("w", "a", profile, "int8", "torch", "cpu")
+    assert unet_build.resolve("torch", "cpu") == ("torch", torch.device("cpu"))
+
+
+def test_auto_falls_back_to_torch_where_onnxruntime_cannot_run(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert unet_build.resolve("auto", "cpu")[0] == "torch"

@@ -1,11 +1,12 @@
 """INT8 static QDQ quantization calibrated on UNet inputs captured from a sampling run."""
-import onnx
 import torch
 
 from sprint.engines.unet import int8, ort
 from sprint.engines.unet.export import GRAPH, ShapeProfile, export_unet
 
-from toy_unet import ToyUNet, sampling_run
+from toy_unet import ToyUNet, needs_onnxruntime, sampling_run
+
+pytestmark = needs_onnxruntime
 
 PROFILE = ShapeProfile(batch=(1, 4), height=(16, 32), width=(16, 32), tokens=(77, 77), multiple=2)
 
@@ -52,6 +53,7 @@ def test_sensitive_layers_stay_in_float(tmp_path):
     calibration = int8.CalibrationSet()
     sampling_run(recorder(unet, calibration), torch.randn(1, 77, 16), seed=0, steps=2)
     (tmp_path / "int8").mkdir()
+    import onnx
     model = onnx.load(str(int8.quantize_int8(tmp_path / GRAPH, tmp_path / "int8", calibration.calls)),
                       load_external_data=False)
     dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}

@@ -7,7 +7,7 @@ import torch
 from sprint.engines.unet import ort
 from sprint.engines.unet.export import GRAPH, ShapeProfile, export_unet
 
-from toy_unet import ToyUNet
+from toy_unet import ToyUNet, needs_onnxruntime
 
 PROFILE = ShapeProfile(batch=(1, 4), height=(16, 32), width=(16, 32), tokens=(77, 154), multiple=2)
 
@@ -29,6 +29,7 @@ def inputs(b, h, w, tokens, seed=0):
     return torch.randn(b, 4, h, w, generator=g), torch.rand(b, generator=g) * 999, torch.randn(b, tokens, 16, generator=g)
 
 
+@needs_onnxruntime
 @pytest.mark.parametrize("shape", [(1, 16, 16, 77), (2, 32, 24, 154), (4, 16, 32, 77)])
 def test_fp32_matches_pytorch_anywhere_in_the_profile(exported, shape):
     unet, folder = exported
@@ -39,6 +40,7 @@ def test_fp32_matches_pytorch_anywhere_in_the_profile(exported, shape):
     assert engine.nbytes == sum(p.stat().st_size for p in folder.iterdir())
 
 
+@needs_onnxruntime
 def test_fp16_error_is_bounded(exported, tmp_path):
     unet, folder = exported
     engine = ort.OrtUNet(ort.to_fp16(folder / GRAPH, tmp_path / GRAPH))
@@ -60,10 +62,11 @@ def test_profile_says_why_a_shape_does_not_fit():
 
 def test_missing_onnxruntime_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ort.RuntimeMissing, match="`onnxruntime` package: pip install onnx onnxruntime"):
+    with pytest.raises(ort.RuntimeMissing, match="`onnx(runtime)?` package: pip install onnx onnxruntime"):
         ort.require()
 
 
+@needs_onnxruntime
 def test_cuda_without_onnxruntime_gpu_is_explained():
     import onnxruntime
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
