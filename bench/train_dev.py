@@ -27,7 +27,8 @@ def configure(parser):
     parser.add_argument("--eps-steps", type=int, default=600, help="optimizer steps of the EPS UNet")
     parser.add_argument("--flow-steps", type=int, default=1000, help="optimizer steps of the flow MMDiT")
     parser.add_argument("--classifier-steps", type=int, default=600, help="optimizer steps of the classifier")
-    parser.add_argument("--batch", type=int, default=64, help="images per step")
+    parser.add_argument("--batch", type=int, default=32, help="images per step of the diffusion models")
+    parser.add_argument("--classifier-batch", type=int, default=64, help="images per step of the classifier")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, initial weights, noise and dropout")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (results depend on it; on a busy CPU one thread is ~10x faster than two)")
     parser.add_argument("--only", choices=("eps", "flow", "classifier"), help="train one model only")
@@ -124,7 +125,7 @@ def train_classifier(images, labels, args):
     gen = torch.Generator().manual_seed(args.seed + 13)
     began = time.perf_counter()
     for step in range(args.classifier_steps):
-        idx = torch.randint(len(images), (args.batch,), generator=gen)
+        idx = torch.randint(len(images), (args.classifier_batch,), generator=gen)
         batch = images[idx] + 0.05 * torch.randn(images[idx].shape, generator=gen)   # robust to sampler noise
         loss = F.cross_entropy(net(batch), labels[idx])
         opt.zero_grad(set_to_none=True)
@@ -146,7 +147,8 @@ def command(host, args):
     out.mkdir(parents=True, exist_ok=True)
     common = {"seed": args.seed, "threads": args.threads, "batch": args.batch, "torch": torch.__version__,
               "command": f"python <Sprint> train-dev-models --seed {args.seed} --eps-steps {args.eps_steps} --flow-steps {args.flow_steps} "
-                         f"--classifier-steps {args.classifier_steps} --batch {args.batch} --threads {args.threads}"}
+                         f"--classifier-steps {args.classifier_steps} --batch {args.batch} "
+                         f"--classifier-batch {args.classifier_batch} --threads {args.threads}"}
     images, labels = dev.dataset("train", 1024, args.seed)
     print(f"data: {len(images)} images of {len(dev.CLASSES)} classes {dev.CLASSES}, {dev.SIZE}x{dev.SIZE} gray", flush=True)
     table = make_prompts(args.seed)

@@ -5,10 +5,14 @@ import pathlib
 
 import pytest
 import torch
-from comfy_execution.graph_utils import GraphBuilder
 
 import harness
 from sprint.bench import dev
+
+
+def GraphBuilder():
+    from comfy_execution.graph_utils import GraphBuilder   # importable once the host booted
+    return GraphBuilder()
 
 pytestmark = pytest.mark.host
 SEEDS = 4                              # per class
@@ -37,6 +41,7 @@ def sample_and_score(host, kind, model_node, graph, scheduler):
                    latent_image=harness.source(graph, "LATENT", latent), denoise=1.0)
     vae = harness.source(graph, "VAE", dev.comfy_vae(kind, dev.metadata(kind)["gain"]))
     decoded = graph.node("VAEDecode", samples=k.out(0), vae=vae)
+    graph.node("PreviewImage", images=decoded.out(0))
     result = host.run(graph.finalize())
     images = result.output(decoded.id)
     assert images.shape == (len(labels), dev.SIZE, dev.SIZE, 3)
@@ -90,7 +95,7 @@ def test_codec_is_exactly_invertible(host):
 
 def test_train_dev_models_command_writes_loadable_fixtures(host, tmp_path):
     harness.cli(host, "train-dev-models", "--out", tmp_path, "--eps-steps", 2, "--flow-steps", 2,
-                "--classifier-steps", 2, "--batch", 4)
+                "--classifier-steps", 2, "--batch", 4, "--classifier-batch", 4)
     for kind in ("eps", "flow"):
         assert dev.model_patcher(kind, tmp_path).model.diffusion_model is not None
     assert set(dev.prompts(tmp_path)) == set(dev.CLASSES) | {""}
