@@ -75,7 +75,7 @@ class Setup:
 
     def __call__(self, sampler, steps):
         """(scaled latents, model calls) of one sampler on the evaluation rows."""
-        with ModelCalls(self.model.model.diffusion_model) as meter:
+        with ModelCalls(self.model.model.diffusion_model) as meter, torch.inference_mode():   # as the executor
             out = self.sample_custom(self.model, self.noise, self.cfg, sampler, self.sigmas(steps), self.positive,
                                      self.negative, torch.zeros_like(self.noise), disable_pbar=True, seed=0)
         return self.latent_format.process_in(out), meter.calls
