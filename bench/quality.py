@@ -1,0 +1,142 @@
+"""`bench-quality`: samplers on the trained development models (bench/dev.py), scored by quality.
+
+Per model (EPS UNet on karras sigmas, flow MMDiT on simple sigmas), seeds x classes rows sampled
+through comfy.sample.sample_custom with CFG against the empty prompt, from the same noise:
+Sprint's adaptive sampler (balanced and a tolerance sweep, on a --budget-step schedule) and
+ComfyUI samplers at fixed step counts. Each is scored against a fine reference solve of the same
+guided ODE from the same noise: trajectory RMSE (scaled latents), PSNR/SSIM of the decoded images,
+class accuracy of the classifier on them, and the mini-FID (classifier features) against held-out
+real images. Nothing is asserted; everything is printed.
+"""
+import time
+
+import torch
+
+from ..engines import evaluation, metrics
+from ..engines.sampling import sample_dpmpp_multistep
+from ..nodes import sampler as sampler_node
+from . import dev
+from .meters import ModelCalls
+
+SCHEDULE = {"eps": "karras", "flow": "simple"}
+TOLS = [0.005, 0.015, 0.05, 0.15]
+
+
+def configure(parser):
+    """`bench-quality`: samplers on the trained dev models: calls, RMSE vs a fine reference, accuracy, mini-FID."""
+    parser.add_argument("--models", default="eps,flow", help="which trained models (eps, flow)")
+    parser.add_argument("--seeds", type=int, default=64, help="noise seeds per class")
+    parser.add_argument("--steps", default="8,12,16", help="step counts of the fixed-step samplers")
+    parser.add_argument("--samplers", default="ipndm,dpmpp_2m,uni_pc", help="ComfyUI samplers compared")
+    parser.add_argument("--budget", type=int, default=20, help="steps given to the adaptive sampler")
+    parser.add_argument("--tols", default=",".join(map(str, TOLS)), help="the adaptive sampler's tolerance sweep")
+    parser.add_argument("--cfg", type=float, default=3.0, help="guidance scale (negative: the empty prompt)")
+    parser.add_argument("--ref-steps", type=int, default=200, help="steps of the fine reference (3rd-order multistep)")
+    parser.add_argument("--noise-seed", type=int, default=0, help="seed of the evaluation noise")
+    parser.add_argument("--toy", action="store_true", help="seconds: 2 seeds, one sampler at 8 steps, 40-step reference")
+    parser.set_defaults(func=command)
+
+
+def reference_sampler(steps):
+    """A KSAMPLER solving the sampled ODE finely from sigmas[0] to 0 (evaluation.reference_grid),
+    whatever schedule it is handed."""
+    import comfy.samplers
+
+    def fn(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        grid = evaluation.reference_grid(float(sigmas[0]), 0.0, steps).to(x.dtype)
+        return sample_dpmpp_multistep(model, x, grid, extra_args)
+    return comfy.samplers.KSAMPLER(fn)
+
+
+class Setup:
+    """One trained model with its prompts, codec, classifier and the evaluation noise."""
+
+    def __init__(self, kind, seeds, cfg, noise_seed):
+        import comfy.sample
+        self.kind, self.cfg = kind, cfg
+        self.sample_custom = comfy.sample.sample_custom
+        self.model = dev.model_patcher(kind)
+        self.latent_format = self.model.model.latent_format
+        self.codec = dev.BlockDCT(dev.BLOCK[kind], dev.metadata(kind)["gain"])
+        self.classifier = dev.classifier()
+        table = dev.prompts()
+        self.labels = torch.arange(len(dev.CLASSES)).repeat_interleave(seeds)
+        context = torch.cat([table[c][0] for c in dev.CLASSES]).repeat_interleave(seeds, 0)
+        pooled = torch.cat([table[c][1] for c in dev.CLASSES]).repeat_interleave(seeds, 0)
+        empty = table[""]
+        rows = len(self.labels)
+        self.positive = [[context, {"pooled_output": pooled}]]
+        self.negative = [[empty[0].expand(rows, -1, -1).clone(), {"pooled_output": empty[1].expand(rows, -1).clone()}]]
+        side = dev.SIZE // dev.BLOCK[kind]
+        self.noise = torch.randn(rows, dev.BLOCK[kind] ** 2, side, side, generator=torch.Generator().manual_seed(noise_seed))
+        ms = self.model.get_model_object("model_sampling")
+        import comfy.samplers
+        self.sigmas = lambda steps: comfy.samplers.calculate_sigmas(ms, SCHEDULE[kind], steps).cpu()
+
+    def __call__(self, sampler, steps):
+        """(scaled latents, model calls) of one sampler on the evaluation rows."""
+        with ModelCalls(self.model.model.diffusion_model) as meter, torch.inference_mode():   # as the executor
+            out = self.sample_custom(self.model, self.noise, self.cfg, sampler, self.sigmas(steps), self.positive,
+                                     self.negative, torch.zeros_like(self.noise), disable_pbar=True, seed=0)
+        return self.latent_format.process_in(out), meter.calls
+
+    def images(self, latents):
+        """Decoded gray images in [-1, 1] (the classifier's input)."""
+        return self.codec.decode(self.latent_format.process_out(latents))[:, :1].clamp(-1, 1)
+
+    def scores(self, latents, ref, ref_images, real_features):
+        images = self.images(latents)
+        with torch.no_grad():
+            logits, features = self.classifier(images), self.classifier.features(images)
+        return {"rmse": evaluation.rmse(latents, ref).mean().item(),
+                "psnr": metrics.psnr((images + 1) / 2, (ref_images + 1) / 2).mean().item(),
+                "ssim": metrics.ssim((images + 1) / 2, (ref_images + 1) / 2).mean().item(),
+                "acc": metrics.class_accuracy(logits, self.labels),
+                "fid": metrics.feature_frechet(features, real_features)}
+
+
+def line(name, calls, s):
+    return (f"{name:<30} calls {calls:5.2f} | RMSE {s['rmse']:.3e} | PSNR {s['psnr']:5.1f} dB SSIM {s['ssim']:.4f} | "
+            f"accuracy {s['acc']:.3f} | mini-FID {s['fid']:.4f}")
+
+
+def command(host, args):
+    torch.set_num_threads(1)       # on a busy CPU one thread beats two by far for these tiny models
+    if args.toy:
+        args.seeds, args.steps, args.samplers, args.tols, args.ref_steps = 2, "8", "ipndm", "0.05", 40
+    real, _ = dev.dataset("heldout", 256)
+    with torch.no_grad():
+        real_features = dev.classifier().features(real)
+    train, _ = dev.dataset("train", 256)
+    with torch.no_grad():
+        floor = metrics.feature_frechet(dev.classifier().features(train), real_features)
+    print(f"trained dev models (bench/dev_models), {len(dev.CLASSES)} classes {dev.CLASSES} x {args.seeds} seeds, "
+          f"cfg {args.cfg} vs the empty prompt; mini-FID against {len(real)} held-out real images "
+          f"(train vs held-out real: {floor:.4f})", flush=True)
+    for kind in args.models.split(","):
+        run = Setup(kind, args.seeds, args.cfg, args.noise_seed)
+        print(f"\n== {kind} ({type(run.model.model).__name__}, {SCHEDULE[kind]} schedule) ==", flush=True)
+        began = time.perf_counter()
+        ref, _ = run(reference_sampler(args.ref_steps), args.budget)
+        rows = slice(0, min(8, len(ref)))
+        finer = Setup(kind, args.seeds, args.cfg, args.noise_seed)
+        finer.noise, finer.positive, finer.negative = run.noise[rows], [[c[0][rows], {"pooled_output": c[1]["pooled_output"][rows]}] for c in run.positive], \
+            [[c[0][rows], {"pooled_output": c[1]["pooled_output"][rows]}] for c in run.negative]
+        check, _ = finer(reference_sampler(2 * args.ref_steps), args.budget)
+        gap = evaluation.rmse(check, ref[rows]).max().item()
+        ref_images = run.images(ref)
+        print(f"reference: {args.ref_steps}-step 3rd-order multistep to sigma 0 ({time.perf_counter() - began:.0f} s); "
+              f"a {2 * args.ref_steps}-step solve differs by RMSE {gap:.2e} (max of {rows.stop} rows)", flush=True)
+        print(line("reference", args.ref_steps, run.scores(ref, ref, ref_images, real_features)), flush=True)
+        for name in args.samplers.split(","):
+            import comfy.samplers
+            for steps in [int(s) for s in args.steps.split(",")]:
+                out, calls = run(comfy.samplers.sampler_object(name), steps)
+                print(line(f"{name} {steps} steps", calls, run.scores(out, ref, ref_images, real_features)), flush=True)
+        for label, options in [("balanced", {})] + [(f"tol {t}", {"tol": float(t)}) for t in args.tols.split(",")]:
+            info = {}
+            out, _ = run(sampler_node.adaptive_sampler("balanced", info=info, **options), args.budget)
+            calls = info["nfe"].double().mean().item()
+            print(line(f"sprint {label} ({args.budget}-step budget)", calls,
+                       run.scores(out, ref, ref_images, real_features)), flush=True)
+    return 0
