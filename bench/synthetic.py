@@ -139,10 +139,12 @@ def family_latent(family, height=16, width=16, frames=1, batch=1):
     return {"samples": torch.zeros(batch, channels, height, width)}
 
 
-def family_conditioning(family, seed=0, tokens=8):
+def family_conditioning(family, seed=0, tokens=None):
     """A CONDITIONING shaped like the family's text encoder output: context of the model's width
-    plus the extra keys ComfyUI's encoders add (pooled vectors, Llama hidden states, masks)."""
+    plus the extra keys ComfyUI's encoders add (pooled vectors, Llama hidden states, masks).
+    Tokens: CLIP's 77 for the UNet families, a short 8 for the LLM/T5 ones (any length works)."""
     g = torch.Generator().manual_seed(seed)
+    tokens = tokens or (77 if "context_dim" in FAMILIES[family][1] else 8)
     name, config, _ = FAMILIES[family]
     width = {"SD3": 64, "Flux": 64, "QwenImage": 64, "Wan21": 64, "Wan22": 64, "Lumina2": 64,
              "HiDream": 64}.get(family, config.get("context_dim"))
