@@ -6,6 +6,7 @@ ComfyUI's own config classes, so the code paths are the ones real checkpoints ta
 """
 import copy
 import math
+import pathlib
 
 import torch
 
@@ -20,6 +21,7 @@ import comfy.supported_models
 import comfy.taesd.taesd
 import comfy.utils
 
+from ..engines import taehv, taesd
 from ..engines.files import atomic_save
 from ..engines.gmm import GaussianMixture
 
@@ -118,16 +120,27 @@ FAMILIES = {
 }
 
 
-def family_model(family, seed=0):
+# One block at the real width (Qwen-Image: 24 heads x 128, 3584-wide text) for memory benches: a
+# model evaluation's peak is one block's activations, the same in block 1 as in block 60.
+BENCH_WIDTHS = {"QwenImage": {"attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 3584,
+                              "axes_dims_rope": (16, 56, 56)}}
+
+
+def family_model(family, seed=0, **overrides):
     """A tiny MODEL of `family` (a FAMILIES key) with random weights, built by ComfyUI's own
     supported-model class, so sampling, latent format and wrappers take the real code paths."""
     name, unet_config, model_type = FAMILIES[family]
-    conf = getattr(comfy.supported_models, name)(copy.deepcopy(unet_config))
+    conf = getattr(comfy.supported_models, name)(dict(copy.deepcopy(unet_config), **overrides))
     conf.set_inference_dtype(torch.float32, None)
     if model_type is not None:
         conf.model_type = lambda state_dict, prefix="": getattr(comfy.model_base.ModelType, model_type)
     base = init_weights_(conf.get_model({}), seed)
     return comfy.model_patcher.ModelPatcher(base, mm.get_torch_device(), mm.unet_offload_device())
+
+
+def bench_family_model(family, seed=0):
+    """family_model at the real width where BENCH_WIDTHS has it (else the tiny one)."""
+    return family_model(family, seed, **BENCH_WIDTHS.get(family, {}))
 
 
 def family_latent(family, height=16, width=16, frames=1, batch=1):
@@ -139,15 +152,14 @@ def family_latent(family, height=16, width=16, frames=1, batch=1):
     return {"samples": torch.zeros(batch, channels, height, width)}
 
 
-def family_conditioning(family, seed=0, tokens=None):
+def family_conditioning(family, seed=0, tokens=None, width=None):
     """A CONDITIONING shaped like the family's text encoder output: context of the model's width
     plus the extra keys ComfyUI's encoders add (pooled vectors, Llama hidden states, masks).
     Tokens: CLIP's 77 for the UNet families, a short 8 for the LLM/T5 ones (any length works)."""
     g = torch.Generator().manual_seed(seed)
     tokens = tokens or (77 if "context_dim" in FAMILIES[family][1] else 8)
     name, config, _ = FAMILIES[family]
-    width = {"SD3": 64, "Flux": 64, "QwenImage": 64, "Wan21": 64, "Wan22": 64, "Lumina2": 64,
-             "HiDream": 64}.get(family, config.get("context_dim"))
+    width = width or config.get("context_dim") or 64       # every tiny DiT reads 64-wide text
     extra = {}
     if family == "SDXL":
         extra["pooled_output"] = torch.randn(1, 1280, generator=g)
@@ -202,6 +214,23 @@ def taesd_decoder_file(sd):
 def write_taesd_decoder(path, seed=4):
     """A taesd decoder file (official key layout, random weights), as models/vae_approx holds it."""
     return save(taesd_decoder_file(taesd_state_dict(seed=seed)), path)
+
+
+def light_decoder_state_dict(variant, seed=4):
+    """A tiny decoder of `variant` (TAESD or TAEHV family) with random weights, in the official
+    file's key layout (TAEHV: the whole file's `decoder.` keys)."""
+    if variant in taehv.VARIANTS:
+        v = taehv.VARIANTS[variant]
+        net = init_weights_(taehv.Decoder(v.latent_channels, v.patch), seed)
+        return {f"decoder.{k}": t for k, t in net.state_dict().items()}
+    return taesd_decoder_file(taesd_state_dict(taesd.VARIANTS[variant].latent_channels, seed=seed))
+
+
+def write_light_decoder(variant, folder, seed=4):
+    """`variant`'s decoder file, named as models/vae_approx holds it (taew2_1.safetensors,
+    taesd_decoder.safetensors, ...); returns its path."""
+    name = variant if variant in taehv.VARIANTS else f"{variant}_decoder"
+    return save(light_decoder_state_dict(variant, seed), pathlib.Path(folder) / f"{name}.safetensors")
 
 
 def kl_state_dict(ddconfig=FULL_KL_DDCONFIG, seed=0):

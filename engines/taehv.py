@@ -172,11 +172,11 @@ class VideoDecoder:
 
 
 def working_memory(rows, cols, frames, tile=0, halo=0, act_bytes=4, patch=1):
-    """Peak bytes to decode one sample of `frames` latent frames of rows x cols cells: the
-    measured peak is about 5 live 64-channel full-resolution maps per output frame (a MemBlock's
-    input, its past, their concatenation, and the conv output), over one tile with its halo when
-    tiled; plus the whole output in fp32."""
+    """Peak bytes to decode one sample of `frames` latent frames of rows x cols cells. The
+    decoder runs 4 frames per latent frame before trimming; measured peaks (fp32, CPU) are 3.4-3.9
+    live 64-channel maps at 8x the latent side per such frame (taew2_1, 32-48 cells, 1-3 frames),
+    over one tile with its halo when tiled; 4.5 keeps a margin. Plus the whole output in fp32."""
     side = tile + 2 * halo if tile else max(rows, cols)
     cells = min(rows, side) * min(cols, side)
-    out_frames = 4 * frames - 3
-    return int(6 * 64 * 64 * cells * out_frames * act_bytes + 3 * 64 * patch ** 2 * rows * cols * out_frames * 4)
+    inner, out_frames = 4 * frames, 4 * frames - 3
+    return int(4.5 * 64 * 64 * cells * inner * act_bytes + 3 * 64 * patch ** 2 * rows * cols * out_frames * 4)
