@@ -4,7 +4,9 @@ and the exact Gaussian-mixture denoiser presented to ComfyUI as a model.
 Used by the benchmark (timings do not depend on weight values) and by the host tests. Built from
 ComfyUI's own config classes, so the code paths are the ones real checkpoints take.
 """
+import copy
 import math
+import pathlib
 
 import torch
 
@@ -19,6 +21,7 @@ import comfy.supported_models
 import comfy.taesd.taesd
 import comfy.utils
 
+from ..engines import taehv, taesd
 from ..engines.files import atomic_save
 from ..engines.gmm import GaussianMixture
 
@@ -34,6 +37,8 @@ def init_weights_(module, seed=0):
     with torch.no_grad():
         for m in module.modules():
             for name, p in m.named_parameters(recurse=False):
+                if p.numel() == 0:          # e.g. SDXL's empty label embedding placeholder
+                    continue
                 if isinstance(m, norms):
                     p.fill_(1.0 if name == "weight" else 0.0)
                 elif p.ndim >= 2:
@@ -83,6 +88,103 @@ def sd15_model(size="tiny", seed=0):
     return comfy.model_patcher.ModelPatcher(base, mm.get_torch_device(), mm.unet_offload_device())
 
 
+def _unet(model_channels=32, context_dim=64, **extra):
+    return dict(sd15_unet_config(model_channels, 2, 1, context_dim), **extra)
+
+
+# Tiny configs of every family ComfyUI 0.3.64 samples with, in the keys model_detection produces
+# from real checkpoints: family -> (supported_models class, unet_config, model type override).
+FAMILIES = {
+    "SD15": ("SD15", _unet(), None),
+    "SD20-v": ("SD20", _unet(64, use_linear_in_transformer=True), "V_PREDICTION"),   # 64-channel heads
+    "SDXL": ("SDXL", _unet(64, adm_in_channels=2816, num_classes="sequential", use_linear_in_transformer=True), None),
+    "SD3": ("SD3", {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "input_size": None,
+                    "adm_in_channels": 32, "num_patches": 64 * 64, "pos_embed_max_size": 64,
+                    "pos_embed_scaling_factor": None, "x_block_self_attn_layers": [],
+                    "context_embedder_config": {"target": "torch.nn.Linear",
+                                                "params": {"in_features": 64, "out_features": 128}}}, None),
+    "Flux": ("Flux", {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2,
+                      "vec_in_dim": 32, "context_in_dim": 64, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2,
+                      "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000,
+                      "qkv_bias": True, "guidance_embed": True}, None),
+    "QwenImage": ("QwenImage", {"image_model": "qwen_image", "in_channels": 64, "out_channels": 16, "num_layers": 1,
+                                "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": 64,
+                                "axes_dims_rope": (8, 12, 12)}, None),
+    "Wan21": ("WAN21_T2V", {"image_model": "wan2.1", "model_type": "t2v", "dim": 64, "ffn_dim": 128, "num_heads": 2,
+                            "num_layers": 1, "in_dim": 16, "out_dim": 16, "text_dim": 64, "freq_dim": 256,
+                            "patch_size": (1, 2, 2), "window_size": (-1, -1), "qk_norm": True,
+                            "cross_attn_norm": True, "eps": 1e-6}, None),
+    "Wan22": ("WAN22_T2V", {"image_model": "wan2.1", "model_type": "t2v", "dim": 64, "ffn_dim": 128, "num_heads": 2,
+                            "num_layers": 1, "in_dim": 48, "out_dim": 48, "text_dim": 64, "freq_dim": 256,
+                            "patch_size": (1, 2, 2), "window_size": (-1, -1), "qk_norm": True,
+                            "cross_attn_norm": True, "eps": 1e-6}, None),
+    "Lumina2": ("Lumina2", {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64,
+                            "cap_feat_dim": 64, "n_layers": 1, "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 1,
+                            "multiple_of": 16, "qk_norm": True, "axes_dims": [8, 12, 12],
+                            "axes_lens": [300, 512, 512]}, None),
+    "HiDream": ("HiDream", {"image_model": "hidream", "attention_head_dim": 32, "axes_dims_rope": [16, 8, 8],
+                            "caption_channels": [64, 64], "max_resolution": [128, 128], "in_channels": 16,
+                            "llama_layers": [0, 1, 1], "num_attention_heads": 2, "num_routed_experts": 2,
+                            "num_activated_experts": 1, "num_layers": 1, "num_single_layers": 1,
+                            "out_channels": 16, "patch_size": 2, "text_emb_dim": 32}, None),
+}
+
+
+# One block at the real width (Qwen-Image: 24 heads x 128, 3584-wide text) for memory benches: a
+# model evaluation's peak is one block's activations, the same in block 1 as in block 60.
+BENCH_WIDTHS = {"QwenImage": {"attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 3584,
+                              "axes_dims_rope": (16, 56, 56)}}
+
+
+def family_model(family, seed=0, **overrides):
+    """A tiny MODEL of `family` (a FAMILIES key) with random weights, built by ComfyUI's own
+    supported-model class, so sampling, latent format and wrappers take the real code paths."""
+    name, unet_config, model_type = FAMILIES[family]
+    conf = getattr(comfy.supported_models, name)(dict(copy.deepcopy(unet_config), **overrides))
+    conf.set_inference_dtype(torch.float32, None)
+    if model_type is not None:
+        conf.model_type = lambda state_dict, prefix="": getattr(comfy.model_base.ModelType, model_type)
+    base = init_weights_(conf.get_model({}), seed)
+    return comfy.model_patcher.ModelPatcher(base, mm.get_torch_device(), mm.unet_offload_device())
+
+
+def bench_family_model(family, seed=0):
+    """family_model at the real width where BENCH_WIDTHS has it (else the tiny one)."""
+    return family_model(family, seed, **BENCH_WIDTHS.get(family, {}))
+
+
+def family_latent(family, height=16, width=16, frames=1, batch=1):
+    """An empty LATENT of the shape the family samples in (5-D [B, C, T, H, W] for Wan and
+    Qwen-Image, as their EmptyLatent nodes make it)."""
+    channels = FAMILIES[family][1].get("in_dim", 4 if family.startswith("SD") and family != "SD3" else 16)
+    if family.startswith("Wan") or family == "QwenImage":
+        return {"samples": torch.zeros(batch, channels, frames, height, width)}
+    return {"samples": torch.zeros(batch, channels, height, width)}
+
+
+def family_conditioning(family, seed=0, tokens=None, width=None):
+    """A CONDITIONING shaped like the family's text encoder output: context of the model's width
+    plus the extra keys ComfyUI's encoders add (pooled vectors, Llama hidden states, masks).
+    Tokens: CLIP's 77 for the UNet families, a short 8 for the LLM/T5 ones (any length works)."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = tokens or (77 if "context_dim" in FAMILIES[family][1] else 8)
+    name, config, _ = FAMILIES[family]
+    width = width or config.get("context_dim") or 64       # every tiny DiT reads 64-wide text
+    extra = {}
+    if family == "SDXL":
+        extra["pooled_output"] = torch.randn(1, 1280, generator=g)
+    elif family == "SD3":
+        extra["pooled_output"] = torch.randn(1, config["adm_in_channels"], generator=g)
+    elif family == "Flux":
+        extra.update(pooled_output=torch.randn(1, config["vec_in_dim"], generator=g), guidance=3.5)
+    elif family == "HiDream":
+        extra.update(pooled_output=torch.randn(1, config["text_emb_dim"], generator=g),
+                     conditioning_llama3=torch.randn(1, 2, tokens, config["caption_channels"][1], generator=g))
+    elif family == "Lumina2":
+        extra["attention_mask"] = torch.ones(1, tokens, dtype=torch.long)
+    return [[torch.randn(1, tokens, width, generator=g), extra]]
+
+
 TINY_CLIP_CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
                     "num_hidden_layers": 2, "projection_dim": 64}
 
@@ -125,6 +227,23 @@ def write_taesd_decoder(path, seed=4):
     sd = taesd_state_dict(seed=seed)
     save(taesd_decoder_file(sd), path)
     return sd
+
+
+def light_decoder_state_dict(variant, seed=4):
+    """A tiny decoder of `variant` (TAESD or TAEHV family) with random weights, in the official
+    file's key layout (TAEHV: the whole file's `decoder.` keys)."""
+    if variant in taehv.VARIANTS:
+        v = taehv.VARIANTS[variant]
+        net = init_weights_(taehv.Decoder(v.latent_channels, v.patch), seed)
+        return {f"decoder.{k}": t for k, t in net.state_dict().items()}
+    return taesd_decoder_file(taesd_state_dict(taesd.VARIANTS[variant].latent_channels, seed=seed))
+
+
+def write_light_decoder(variant, folder, seed=4):
+    """`variant`'s decoder file, named as models/vae_approx holds it (taew2_1.safetensors,
+    taesd_decoder.safetensors, ...); returns its path."""
+    name = variant if variant in taehv.VARIANTS else f"{variant}_decoder"
+    return save(light_decoder_state_dict(variant, seed), pathlib.Path(folder) / f"{name}.safetensors")
 
 
 def kl_state_dict(ddconfig=FULL_KL_DDCONFIG, seed=0):

@@ -38,6 +38,9 @@ def configure(parser):
     """`bench-tiling`: tiled vs untiled memory/time, plan overhead, two-stage vs direct compute."""
     parser.add_argument("--model", choices=("full", "shallow", "tiny"), default="full",
                         help="SD1.5-architecture UNet with random weights (full: the real 860 M one)")
+    parser.add_argument("--family", choices=list(synthetic.FAMILIES), default="SD15",
+                        help="memory/time table: the model family (SD15 uses --model; the others one block at the "
+                             "family's real width, synthetic.bench_family_model); latents in the family's shape")
     parser.add_argument("--sizes", default="64,128,256", help="latent sides for the memory/time table")
     parser.add_argument("--tile", type=int, default=1024, help="tile size in pixels (SprintTiledDiffusion's default)")
     parser.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (the node's default)")
@@ -63,11 +66,11 @@ def conditioning(model, seed=0):
     return synthetic.random_conditioning(model.model.model_config.unet_config["context_dim"], seed)
 
 
-def evaluate(model, size, cond):
+def evaluate(model, size, cond, family="SD15"):
     """Exactly one model evaluation (batch 1, no guidance) on a size x size latent."""
     import comfy.sample
     import comfy.samplers
-    latent = torch.zeros(1, 4, size, size)
+    latent = synthetic.family_latent(family, size, size)["samples"]
     comfy.sample.sample_custom(model, torch.randn(latent.shape), 1.0, comfy.samplers.sampler_object("euler"),
                                torch.tensor([1.0, 0.0]), cond, cond, latent, disable_pbar=True, seed=0)
 
@@ -76,15 +79,19 @@ def measure(args):
     """Worker: one evaluation at --measure SIZE:MODE; prints a JSON line."""
     size, mode = args.measure.split(":")
     size = int(size)
-    model = synthetic.sd15_model(args.model, seed=0)
+    if args.family == "SD15":
+        model, cond = synthetic.sd15_model(args.model, seed=0), None
+    else:
+        width = synthetic.BENCH_WIDTHS.get(args.family, {}).get("joint_attention_dim")
+        model, cond = synthetic.bench_family_model(args.family), synthetic.family_conditioning(args.family, width=width)
     if mode == "tiled":
         model = tiled_diffusion.apply_tiling(model, tiled_diffusion.TiledConfig.from_pixels(args.tile, args.tile, args.overlap))
-    cond = conditioning(model)
-    evaluate(model, 16, cond)                    # loads the model and initialises kernels
+    cond = cond or conditioning(model)
+    evaluate(model, 16, cond, args.family)       # loads the model and initialises kernels
     gc.collect()
     cuda = torch.cuda.is_available() and not isinstance(model.load_device, str) and model.load_device.type == "cuda"
     with PeakMemory(cuda) as memory:
-        seconds, _ = timed(lambda: evaluate(model, size, cond))
+        seconds, _ = timed(lambda: evaluate(model, size, cond, args.family))
     peak, baseline = memory.peak, memory.start
     print(json.dumps({"size": size, "mode": mode, "peak_bytes": peak, "seconds": seconds, "baseline_bytes": baseline,
                       "method": memory.method, "reserved_bytes": memory.reserved, "cuda": cuda}))
@@ -93,7 +100,7 @@ def measure(args):
 
 def run_worker(host, args, size, mode):
     cmd = [sys.executable, str(PACK_ROOT), "--comfyui", str(host.comfy_path)] + (["--gpu"] if args.gpu else [])
-    cmd += ["bench-tiling", "--model", args.model, "--attention", args.attention, "--tile", str(args.tile),
+    cmd += ["bench-tiling", "--model", args.model, "--family", args.family, "--attention", args.attention, "--tile", str(args.tile),
             "--overlap", str(args.overlap), "--measure", f"{size}:{mode}"]
     run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     if run.returncode != 0:
@@ -118,7 +125,7 @@ def print_overhead(args):
 def print_memory(host, args):
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = {}
-    print(f"\nOne UNet evaluation (batch 1), untiled vs tiled (tiles <= {args.tile} px, overlap >= {args.overlap} px), "
+    print(f"\nOne {args.family} model evaluation (batch 1), untiled vs tiled (tiles <= {args.tile} px, overlap >= {args.overlap} px), "
           "each in a fresh process")
     print(f"  {'latent':>7} {'image px':>9} {'tiles':>6} {'untiled MB':>11} {'tiled MB':>9} {'memory':>7} "
           f"{'untiled s':>10} {'tiled s':>8} {'time':>6}")

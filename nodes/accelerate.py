@@ -21,6 +21,7 @@ import logging
 import torch
 
 import comfy.ldm.modules.attention
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.patcher_extension
@@ -69,6 +70,10 @@ class Slot:
 
     def fallback(self, reason):
         self.stats["pytorch_calls"] += 1
+        self.note(reason)
+
+    def note(self, reason):
+        """Log and report a reason to run PyTorch, once per reason."""
         if reason not in self.reasons:
             self.reasons.add(reason)
             log.warning("Sprint engine: running the PyTorch UNet: %s", reason)
@@ -91,9 +96,16 @@ class Slot:
     def begin_run(self, patcher):
         """Key the run on the weights the sampler will use (base + patches/LoRA)."""
         config = patcher.model.model_config.unet_config
+        self.run_reason = self.key = None
+        if not isinstance(patcher.model.diffusion_model, UNetModel):
+            # the exporter traces the UNet's forward(x, timesteps, context, y); transformers differ
+            family = type(patcher.model.model_config).__name__
+            self.run_reason = (f"{family} is a transformer ({type(patcher.model.diffusion_model).__name__}); "
+                               "engines are built for UNet models (SD1.x, SD2.x, SDXL) only")
+            self.note(self.run_reason)    # some (SD3's MMDiT) never call the DIFFUSION_MODEL wrapper
+            return
         self.arch, multiple = chain.describe(config)
         self.profile = ShapeProfile.from_dict({**self.profile.as_dict(), "multiple": multiple})
-        self.run_reason = self.key = None
         if any(k.startswith("diffusion_model.") for k in patcher.object_patches):
             self.run_reason = "object patches replace parts of the UNet"
             return
@@ -203,9 +215,19 @@ def _outer_sample(slot, executor, *args, **kwargs):
     return result
 
 
-def _diffusion_model(slot, executor, x, timesteps=None, context=None, y=None, control=None,
-                     transformer_options={}, **kwargs):
-    reason = slot.call_reason(x, context, y, control, transformer_options, kwargs)
+def _unet_inputs(x, timesteps=None, context=None, y=None, control=None, transformer_options={}, **kwargs):
+    """The UNet's forward arguments by name (UNetModel.forward's signature)."""
+    return x, timesteps, context, y, control, transformer_options, kwargs
+
+
+def _diffusion_model(slot, executor, *args, **kwargs):
+    """Every family's own forward(*args, **kwargs) reaches here; only UNet calls can run on the
+    engine, the rest pass through unchanged."""
+    if slot.run_reason is not None:
+        slot.fallback(slot.run_reason)
+        return executor(*args, **kwargs)
+    x, timesteps, context, y, control, transformer_options, extra = _unet_inputs(*args, **kwargs)
+    reason = slot.call_reason(x, context, y, control, transformer_options, extra)
     if reason is None:
         try:
             engine = slot.engine(executor.class_obj)
@@ -224,7 +246,7 @@ def _diffusion_model(slot, executor, x, timesteps=None, context=None, y=None, co
                 log.warning("Sprint engine failed", exc_info=True)
     if reason is not None:
         slot.fallback(reason)
-    return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+    return executor(*args, **kwargs)
 
 
 class EngineFootprint(torch.nn.Module):
@@ -353,7 +375,8 @@ class SprintBuildUNetEngine(io.ComfyNode):
                                                               "memory for this process, no engine file"))
         artifact = slot.key and store().lookup(slot.key)
         if artifact is None or slot.stats["engine_calls"] == 0:
-            raise RuntimeError("Sprint engine was not built: " + ("; ".join(sorted(slot.reasons)) or slot.run_reason or "unknown reason"))
+            raise RuntimeError("Sprint engine was not built: " + (slot.run_reason or "; ".join(sorted(slot.reasons))
+                                                                   or "the sampling run never called the model"))
         text = f"{artifact.name}: {artifact.nbytes / 2**20:.0f} MiB, {slot.key['backend']} {slot.precision} on {slot.key['device']}"
         return io.NodeOutput(model, artifact.name, ui=ui.PreviewText(text))
 

@@ -38,16 +38,30 @@ def resolve_schedule(settings, model_sampling):
     taken at the model's sigma_min."""
     flow = is_flow(model_sampling)
     nsr = lambda s: guidance.noise_to_signal(float(s), flow)  # noqa: E731
-    high = min(settings["sigma_high"], nsr(model_sampling.percent_to_sigma(settings["start_percent"])))
+    high = min(settings["sigma_high"] or default_sigma_high(flow),
+               nsr(model_sampling.percent_to_sigma(settings["start_percent"])))
     low = max(settings["sigma_low"], nsr(model_sampling.percent_to_sigma(settings["end_percent"])))
-    if settings["schedule"] in ("linear", "cosine"):
+    if settings["schedule"] in ("linear", "cosine"):    # ramps run in log sigma: finite ends on the model's range
         low = max(low, nsr(model_sampling.sigma_min))
+        high = min(high, nsr(model_sampling.percent_to_sigma(RAMP_TOP_PERCENT)))
     if not low < high:
         raise ValueError(f"SprintDynamicCFG: the guidance window is empty: sigma ({settings['sigma_low']}, "
                          f"{settings['sigma_high']}] and percent [{settings['start_percent']}, {settings['end_percent']}] "
                          f"leave ({low:.4g}, {high:.4g}] on this model")
     return guidance.GuidanceSchedule(settings["schedule"], high, low, settings["strength_high"],
                                      settings["strength_mid"], settings["strength_low"])
+
+
+RAMP_TOP_PERCENT = 0.001     # a flow model's sigma at t = 1 is an infinite noise-to-signal ratio
+
+
+def default_sigma_high(flow):
+    """The window's top when sigma_high is 0 (auto), from the model's own sampling type. EPS/V
+    models: the interval of Kynkaanniemi et al. (5.42). Flow models (SD3, Flux, Qwen-Image, Wan,
+    Lumina 2, HiDream) sample on shifted schedules that spend half their steps above t/(1-t) = 5.42,
+    where they lay out the image: there the window is open at the top (guidance from the first step)
+    and only the low-noise end (t <= 0.22) runs without the negative."""
+    return math.inf if flow else guidance.INTERVAL_SIGMA_HIGH
 
 
 class Schedule:
@@ -131,7 +145,7 @@ def patch(model, **settings):
     """A clone of `model` with the dynamic CFG hooks; settings as SprintDynamicCFG's inputs."""
     if settings["schedule"] not in guidance.KINDS:
         raise ValueError(f"SprintDynamicCFG: unknown schedule {settings['schedule']!r}; one of {', '.join(guidance.KINDS)}")
-    if not (0 <= settings["sigma_low"] < settings["sigma_high"] and 0 <= settings["start_percent"] < settings["end_percent"] <= 1):
+    if not ((settings["sigma_high"] == 0 or 0 <= settings["sigma_low"] < settings["sigma_high"]) and 0 <= settings["start_percent"] < settings["end_percent"] <= 1):
         raise ValueError("SprintDynamicCFG: need sigma_low < sigma_high and start_percent < end_percent, got "
                          f"sigmas ({settings['sigma_low']}, {settings['sigma_high']}], "
                          f"percents [{settings['start_percent']}, {settings['end_percent']}]")
@@ -166,9 +180,13 @@ class SprintDynamicCFG(io.ComfyNode):
                                        "constant: plain CFG. phases: strength_high / strength_mid / "
                                        "strength_low above / inside / below the window. linear, cosine: "
                                        "strength_high at the window's top to strength_low at its bottom."),
-                io.Float.Input("sigma_high", default=guidance.INTERVAL_SIGMA_HIGH, min=0.0, max=1000.0, step=0.01,
+                io.Float.Input("sigma_high", default=0.0, min=0.0, max=1000.0, step=0.01,
                                round=False, tooltip="Top of the guidance window, as a noise-to-signal sigma (the "
-                                                    "KSampler sigma of SD1.x/SDXL models; t/(1-t) for flow models)."),
+                                                    "KSampler sigma of SD1.x/SDXL models; t/(1-t) for flow models). "
+                                                    "0 = by the model's sampling type: 5.42 on EPS/V-prediction "
+                                                    "models (SD1.x, SD2, SDXL); open (guidance from the first step) "
+                                                    "on flow models (SD3, Flux, Qwen-Image, Wan, Lumina 2, HiDream), "
+                                                    "whose shifted schedules spend half their steps above 5.42."),
                 io.Float.Input("sigma_low", default=guidance.INTERVAL_SIGMA_LOW, min=0.0, max=1000.0, step=0.01,
                                round=False, tooltip="Bottom of the guidance window (exclusive), same units as sigma_high."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,

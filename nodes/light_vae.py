@@ -14,27 +14,39 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import folder_paths
 
-from ..engines import taesd
+from ..engines import taehv, taesd
 from . import common
 
 log = logging.getLogger("sprint")
 
 FOLDER = "vae_approx"
-VARIANTS = ["auto", *taesd.VARIANTS]
+VARIANTS = ["auto", *taesd.VARIANTS, *taehv.VARIANTS]   # TAEHV: the Wan-VAE latent space, decode only
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 AUTO_TILES = [128, 96, 64, 48, 32]          # latent cells per tile side, tried when memory is short
 MIN_TILE = 8                                # latent cells (64 px, the widget's step); at least the halo too
 # Latent channels -> variants sharing that latent shape, most used first (a MODEL settles it).
-BY_CHANNELS = {4: ["taesd", "taesdxl"], 16: ["taef1", "taesd3"], 32: ["taef2"], 128: ["taef2"]}
+BY_CHANNELS = {4: ["taesd", "taesdxl"], 16: ["taef1", "taesd3", "taew2_1"], 32: ["taef2"], 128: ["taef2"],
+               48: ["taew2_2"]}
+# Latent formats ComfyUI 0.3.64 names no tiny decoder for (Qwen-Image samples in Wan 2.1's space).
+BY_LATENT_FORMAT = {"Wan21": "taew2_1", "Wan22": "taew2_2"}
+
+
+def family(variant):
+    return (taehv.VARIANTS.get(variant) or taesd.VARIANTS[variant]).family
+
+
+def spatial(variant):
+    """Pixels per latent cell of a variant's images."""
+    return taehv.VARIANTS[variant].spatial if variant in taehv.VARIANTS else taesd.SPATIAL
 
 _loaded = {}     # (path, mtime_ns) -> ModelPatcher around the network
 
 
 def find_file(variant, part):
     """Full path of <variant>_<part>.{pth,safetensors,...} in models/vae_approx, or None."""
-    stem = f"{variant}_{part}"
+    stems = {f"{variant}_{part}"} | ({variant} if variant in taehv.VARIANTS else set())   # taew2_1.pth: both halves
     for name in folder_paths.get_filename_list(FOLDER):
-        if os.path.splitext(os.path.basename(name))[0] == stem:
+        if os.path.splitext(os.path.basename(name))[0] in stems:
             return folder_paths.get_full_path(FOLDER, name)
     return None
 
@@ -45,7 +57,8 @@ def require_file(variant, part):
         folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
         raise FileNotFoundError(
             f"{variant}_{part}.pth (or .safetensors) is not in models/{FOLDER} ({folders}). Download it from "
-            f"github.com/madebyollin/taesd ({taesd.VARIANTS[variant].family} latents) into that folder, or pick another variant.")
+            f"github.com/madebyollin/{'taehv' if variant in taehv.VARIANTS else 'taesd'} ({family(variant)} latents) "
+            f"into that folder, or pick another variant.")
     return path
 
 
@@ -57,21 +70,22 @@ def pick_variant(latents, model, override, part):
     if model is not None:
         latent_format = model.get_model_object("latent_format")
         name = (getattr(latent_format, "taesd_decoder_name", None) or "").removesuffix("_decoder")
-        if name not in taesd.VARIANTS:
+        name = name or BY_LATENT_FORMAT.get(type(latent_format).__name__, "")
+        if name not in VARIANTS[1:]:
             raise ValueError(f"the model's latent format ({type(latent_format).__name__}) has no TAESD-family "
                              f"model; choose a variant explicitly")
         return name
     if latents is None:
         raise ValueError("connect the MODEL or choose a variant: an image alone does not say which latent space to encode to")
-    candidates = BY_CHANNELS.get(latents.shape[1])
-    if latents.ndim != 4 or candidates is None:
-        raise ValueError(f"no TAESD-family model for latents of shape {tuple(latents.shape)} "
-                         f"(image latents with 4, 16, 32 or 128 channels)")
+    candidates = [v for v in BY_CHANNELS.get(latents.shape[1], ()) if latents.ndim == 4 or v in taehv.VARIANTS]
+    if latents.ndim not in (4, 5) or not candidates:
+        raise ValueError(f"no tiny decoder for latents of shape {tuple(latents.shape)} (image latents [B, C, H, W] "
+                         f"with 4, 16, 32 or 128 channels; Wan-VAE latents [B, C, T, H, W] with 16 or 48)")
     installed = [v for v in candidates if find_file(v, part)]
     choice = (installed or candidates)[0]
     if len(candidates) > 1:
-        log.info("Sprint light VAE: %d-channel latents, using %s (connect the MODEL or set variant to choose among %s)",
-                 latents.shape[1], choice, ", ".join(candidates))
+        log.warning("Sprint light VAE: %d-channel latents could be %s; using %s — connect the MODEL or set variant",
+                    latents.shape[1], " / ".join(f"{v} ({family(v)})" for v in candidates), choice)
     return choice
 
 
@@ -80,7 +94,10 @@ def load(variant, part):
     path = require_file(variant, part)
     tag = (path, os.stat(path).st_mtime_ns)
     if tag not in _loaded:
-        net = taesd.load_decoder(path) if part == "decoder" else taesd.load_encoder(path)
+        if variant in taehv.VARIANTS:
+            net = taehv.load_decoder(path)
+        else:
+            net = taesd.load_decoder(path) if part == "decoder" else taesd.load_encoder(path)
         _loaded[tag] = comfy.model_patcher.ModelPatcher(net, load_device=mm.vae_device(), offload_device=mm.vae_offload_device())
     return _loaded[tag]
 
@@ -99,9 +116,37 @@ def pick_precision(precision, device):
     return "fp32"
 
 
+def run_video(variant, x, tile, precision):
+    """TAEHV decode of [B, C, T, h, w] (or [B, C, h, w]) latents, one sample at a time through the
+    memory manager, tiled when a whole sample does not fit; frames come back flattened into the
+    batch, as ComfyUI's VAEDecode returns video: [B * T', 3, H, W]."""
+    patcher = load(variant, "decoder")
+    device = patcher.load_device
+    precision = pick_precision(precision, device)
+    decoder = taehv.VideoDecoder(variant, patcher.model, precision)
+    frames, (rows, cols) = (x.shape[2] if x.ndim == 5 else 1), x.shape[-2:]
+
+    def need(t):
+        return taehv.working_memory(rows, cols, frames, t, decoder.halo, 4 if precision == "fp32" else 2,
+                                    decoder.variant.patch)
+
+    mm.load_models_gpu([patcher], memory_required=need(tile))
+    if tile == 0 and need(0) > mm.get_free_memory(device):
+        tile = next((t for t in AUTO_TILES if need(t) <= mm.get_free_memory(device)), AUTO_TILES[-1])
+    bar = common.Progress(x.shape[0] * taesd.tile_count(rows, cols, tile))
+    out = torch.cat([decoder.decode(x[i:i + 1].to(device), tile, bar.update) for i in range(x.shape[0])])
+    log.info("Sprint light VAE: %s decoded %d latent frame(s) to %d", variant, frames, out.shape[1])
+    return out.flatten(0, 1).to(mm.intermediate_device())
+
+
 def run(variant, part, x, tile, precision):
     """Decode or encode x through the memory manager: honest per-sample estimate, the batch
     chunked to what is free, tiles when one whole sample does not fit (or when asked)."""
+    if variant in taehv.VARIANTS:
+        if part != "decoder":
+            raise ValueError(f"{variant} ({family(variant)} latents): Sprint has the TAEHV decoder only; encode "
+                             f"with the model's VAE (VAE Encode)")
+        return run_video(variant, x, tile, precision)
     patcher = load(variant, part)
     device = patcher.load_device
     precision = pick_precision(precision, device)
@@ -121,6 +166,7 @@ def run(variant, part, x, tile, precision):
         return taesd.working_memory(rows, cols, t, runner.halo, act_bytes)
 
     mm.load_models_gpu([patcher], memory_required=need(tile))
+    log.info("Sprint light VAE: %s %s", variant, part)
     free = mm.get_free_memory(device)
     if tile == 0 and need(0) > free:
         tile = next((t for t in AUTO_TILES if need(t) <= free), AUTO_TILES[-1])
@@ -134,8 +180,10 @@ def run(variant, part, x, tile, precision):
 
 def variant_input(part):
     return io.Combo.Input("variant", options=VARIANTS, default="auto", optional=True,
-                          tooltip=f"Which TAESD {part}: auto follows the MODEL's latent format, else the latent's "
-                                  "channels (4: taesd, 16: taef1, 32/128: taef2 — connect MODEL for SDXL or SD3).")
+                          tooltip=f"Which tiny {part}: auto follows the MODEL's latent format (Wan 2.1 / Qwen-Image: "
+                                  "taew2_1, Wan 2.2-5B: taew2_2), else the latent's channels (4: taesd, 16: taef1, "
+                                  "32/128: taef2, video [B, C, T, H, W]: taew2_1 / taew2_2; ambiguous ones are "
+                                  "warned about: connect MODEL for SDXL, SD3 or Qwen-Image).")
 
 
 def common_inputs():
@@ -156,7 +204,8 @@ class SprintLightVAEDecode(io.ComfyNode):
             node_id="SprintLightVAEDecode",
             display_name="Light VAE Decode (Sprint)",
             category="Sprint/latent",
-            description="Decodes latents with a tiny TAESD-family decoder (taesd, taesdxl, taesd3, taef1, taef2) from "
+            description="Decodes latents with a tiny TAESD-family decoder (taesd, taesdxl, taesd3, taef1, taef2; "
+                        "taew2_1 / taew2_2 for Wan and Qwen-Image latents, video frames included) from "
                         "models/vae_approx: tens of times faster than the full VAE, slightly softer. Only the "
                         "decoder file is needed.",
             inputs=[
@@ -174,7 +223,7 @@ class SprintLightVAEDecode(io.ComfyNode):
         latents = samples["samples"]
         common.check_latent(latents, "samples", ranks=(4,))    # 5-D (video) latents: not supported yet
         variant = pick_variant(latents, model, variant, "decoder")
-        images = run(variant, "decoder", latents, tile_size // taesd.SPATIAL, precision)
+        images = run(variant, "decoder", latents, tile_size // spatial(variant), precision)
         return io.NodeOutput(images.movedim(1, -1))
 
 
@@ -202,6 +251,8 @@ class SprintLightVAEEncode(io.ComfyNode):
         common.check_inputs(cls, locals())
         common.check_latent(pixels, "pixels", ranks=(4,))
         variant = pick_variant(None, model, variant, "encoder")
+        if variant in taehv.VARIANTS:
+            run(variant, "encoder", None, 0, precision)        # refuses, naming the family
         multiple = taesd.SPATIAL * (2 if taesd.VARIANTS[variant].packed else 1)
         images = pixels[..., :3].movedim(-1, 1)
         for dim in (2, 3):   # centre crop, as ComfyUI's VAEEncode does

@@ -11,11 +11,19 @@ MultiDiffusion or Mixture of Diffusers weights (engines/tiling.py), through keye
 - PREPARE_SAMPLING: ComfyUI frees memory and loads the model for the noise shape it is given;
   the wrapper gives it one batch of tiles (what a model call will really hold).
 - OUTER_SAMPLE: one cache per sampling run of the ControlNets re-targeted at each tile.
+
+Latents are image [B, C, H, W] or video / Qwen-Image [B, C, T, H, W]: tiles are spatial, every
+frame of a tile runs together. Transformers see patches, so tiles start on multiples of the
+patch size too, and where a model gives patches positions relative to the image and the text
+(rotary ids, absolute embeddings) each tile is given its true place in the whole latent (see
+`true_positions`), one tile per model call.
 """
+import contextlib
 import copy
 import dataclasses
 import functools
 import logging
+import math
 import uuid
 
 import comfy.model_management
@@ -36,6 +44,7 @@ LATENT_SCALE = 8   # pixels per latent pixel of SD-family VAEs (as LatentUpscale
 ALIGN = 8          # tile starts on multiples of the UNet's total downsampling (SD1.x: 8)
 METHODS = {"Mixture of Diffusers": "gaussian", "MultiDiffusion": "uniform"}
 RUNS = {}          # run id -> TileControls, alive while a sampling run lasts
+_said = set()      # messages logged once per process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,17 +68,17 @@ class TiledConfig:
             raise ValueError(f"margin ({margin} px) must be at most half the overlap ({overlap} px)")
         return config
 
-    def plan(self, height, width):
-        return tiling.plan_tiles(height, width, self.tile_height, self.tile_width, self.overlap, ALIGN)
+    def plan(self, height, width, align=ALIGN):
+        return tiling.plan_tiles(height, width, self.tile_height, self.tile_width, self.overlap, align)
 
     def tiles_shape(self, shape):
         """The input shape of one model call on a batch of tiles of a latent `shape`."""
-        if len(shape) != 4:
+        if len(shape) not in (4, 5):
             return shape
         plan = self.plan(*shape[-2:])
         if len(plan.tiles) == 1:
             return shape
-        return [shape[0] * min(self.tile_batch, len(plan.tiles)), shape[1], plan.tile_height, plan.tile_width]
+        return [shape[0] * min(self.tile_batch, len(plan.tiles)), *shape[1:-2], plan.tile_height, plan.tile_width]
 
 
 def apply_tiling(model, config):
@@ -102,12 +111,33 @@ def prepare_sampling_wrapper(config, executor, model, noise_shape, conds, model_
     return executor(model, config.tiles_shape(list(noise_shape)), conds, model_options=model_options)
 
 
+def say_once(message):
+    if message not in _said:
+        _said.add(message)
+        log.warning("Sprint tiled diffusion: %s", message)
+
+
+def patch_align(diffusion_model):
+    """Tile starts: multiples of the UNet's downsampling (ALIGN) and of a transformer's patch."""
+    patch = getattr(diffusion_model, "patch_size", None) or 1
+    patch = patch[-2:] if isinstance(patch, (tuple, list)) else (patch,)
+    return math.lcm(ALIGN, *map(int, patch))
+
+
 def calc_cond_batch_wrapper(config, executor, model, conds, x_in, timestep, model_options):
-    if x_in.ndim != 4:
+    family = type(model.model_config).__name__
+    if x_in.ndim not in (4, 5):
+        say_once(f"{family} latents of shape {tuple(x_in.shape)} are not tiled (image or video latents only)")
         return executor(model, conds, x_in, timestep, model_options)
-    plan = config.plan(*x_in.shape[-2:])
+    plan = config.plan(*x_in.shape[-2:], patch_align(model.diffusion_model))
     if len(plan.tiles) == 1:       # one tile covers the latent: exactly the untiled call
         return executor(model, conds, x_in, timestep, model_options)
+    if x_in.ndim == 5 and any("area" in c for group in conds if group for c in group):
+        say_once(f"{family}: area conditioning on video latents is not tiled; this run samples untiled")
+        return executor(model, conds, x_in, timestep, model_options)
+    positions = true_positions(model.diffusion_model, x_in.shape[-2:])
+    if positions is None and family in TILE_LOCAL_POSITIONS:
+        say_once(f"{family} gives no way to place a tile in the image: each tile sees positions of its own")
     conds = [None if group is None else [c for c in (explicit_mult(c, x_in, timestep) for c in group) if c is not None]
              for group in conds]
     has_area = any("area" in c for group in conds if group for c in group)
@@ -119,11 +149,81 @@ def calc_cond_batch_wrapper(config, executor, model, conds, x_in, timestep, mode
         tile_conds = [None if group is None else
                       [c for c in (for_tiles(c, tiles, rows, x_in.shape[-2:], controls) for c in group) if c is not None]
                       for group in conds]
-        return executor(model, tile_conds, x_tiles, timestep.repeat(len(tiles)), model_options)
+        with positions(tiles[0]) if positions else contextlib.nullcontext():
+            return executor(model, tile_conds, x_tiles, timestep.repeat(len(tiles)), model_options)
 
     weights = tiling.blend_weights(plan, config.blend, config.margin, x_in.device, x_in.dtype)
-    # tiles of one batch share one cond entry, so an area (which differs per tile) means 1 per batch
-    return tiling.tiled_apply(denoise, x_in, plan, weights, 1 if has_area else config.tile_batch)
+    # tiles of one batch share one cond entry (an area differs per tile) and one set of positions
+    return tiling.tiled_apply(denoise, x_in, plan, weights, 1 if has_area or positions else config.tile_batch)
+
+
+# Transformers whose patch positions ComfyUI 0.3.64 builds inside forward with no offset: a tile
+# is evaluated as if it were the whole image (said once). Wan needs none: its text enters by
+# cross-attention and rotary attention between patches depends only on their distance.
+TILE_LOCAL_POSITIONS = {"Lumina2", "HiDream"}
+
+
+def true_positions(diffusion_model, latent_hw):
+    """For models that place patches relative to the image and the text, a context manager
+    factory tile -> (the model sees that tile at its place in the whole latent), else None.
+
+    Flux: rotary image ids count rows/columns from 0 (text ids are 0): shift them by the tile's
+    offset. Qwen-Image: ids centred on the image, text ids after the image's half side: the tile's
+    ids are moved so that every image-image and text-image difference is the whole image's (the
+    rotary embedding depends on nothing else). SD3: the tile's crop of the whole image's absolute
+    position embedding instead of a centred crop of its own size."""
+    import comfy.ldm.flux.model
+    import comfy.ldm.modules.diffusionmodules.mmdit
+    import comfy.ldm.qwen_image.model
+    H, W = latent_hw
+    if isinstance(diffusion_model, comfy.ldm.qwen_image.model.QwenImageTransformer2DModel):
+        def place(tile, x, index, h_offset, w_offset):
+            p = diffusion_model.patch_size
+            half = lambda n: ((n + p // 2) // p) // 2   # noqa: E731  (the model's own rounding)
+            delta = max(half(tile.h), half(tile.w)) - max(half(H), half(W))
+            return index + delta, p * (tile.y // p - half(H) + half(tile.h) + delta), \
+                p * (tile.x // p - half(W) + half(tile.w) + delta)
+        return functools.partial(_process_img_shifted, diffusion_model, place)
+    if isinstance(diffusion_model, comfy.ldm.flux.model.Flux):
+        return functools.partial(_process_img_shifted, diffusion_model,
+                                 lambda tile, x, index, h, w: (index, h + tile.y, w + tile.x))
+    if isinstance(diffusion_model, comfy.ldm.modules.diffusionmodules.mmdit.MMDiT) and diffusion_model.pos_embed is not None:
+        return functools.partial(_pos_embed_cropped, diffusion_model, H, W)
+    return None
+
+
+@contextlib.contextmanager
+def _process_img_shifted(diffusion_model, place, tile):
+    """process_img of the main latent (index 0; reference latents keep theirs) moved by place()."""
+    original = diffusion_model.process_img
+
+    def process_img(x, index=0, h_offset=0, w_offset=0):
+        if index == 0:
+            index, h_offset, w_offset = place(tile, x, index, h_offset, w_offset)
+        return original(x, index=index, h_offset=h_offset, w_offset=w_offset)
+    diffusion_model.process_img = process_img
+    try:
+        yield
+    finally:
+        del diffusion_model.process_img
+
+
+@contextlib.contextmanager
+def _pos_embed_cropped(diffusion_model, H, W, tile):
+    original = diffusion_model.cropped_pos_embed
+    p = diffusion_model.x_embedder.patch_size[0]
+
+    def cropped_pos_embed(hw, device=None):
+        whole = original((H, W), device=device)
+        hp, wp = (H + 1) // p, (W + 1) // p
+        th, tw = (hw[0] + 1) // p, (hw[1] + 1) // p
+        grid = whole.reshape(1, hp, wp, -1)[:, tile.y // p:tile.y // p + th, tile.x // p:tile.x // p + tw]
+        return grid.reshape(1, th * tw, -1)
+    diffusion_model.cropped_pos_embed = cropped_pos_embed
+    try:
+        yield
+    finally:
+        del diffusion_model.cropped_pos_embed
 
 
 def explicit_mult(cond, x_in, timestep):
@@ -135,7 +235,7 @@ def explicit_mult(cond, x_in, timestep):
     p = comfy.samplers.get_area_and_mult(cond, x_in, timestep)
     if p is None:
         return None
-    mask = x_in.new_zeros((x_in.shape[0],) + tuple(x_in.shape[-2:]))
+    mask = x_in.new_zeros((x_in.shape[0],) + tuple(x_in.shape[2:]))     # [B, (T,) H, W]
     if p.area is None:
         mask[:] = p.mult[:, 0]
         area = {}

@@ -1,0 +1,189 @@
+"""Every Sprint node x every model family ComfyUI 0.3.64 samples with, through the executor, on
+tiny random-weight models built from ComfyUI's own configs (bench/synthetic.FAMILIES).
+
+Each cell works (the node did what it says: sampled, tiled, guided, ran an engine, decoded) or
+refuses in one clear line naming the family (a failed prompt, or one warning while it runs
+PyTorch): never a crash, never a silent no-op. Two steps, tiny latents: the matrix stays cheap."""
+import logging
+
+import pytest
+import torch
+
+import harness
+
+pytestmark = pytest.mark.host
+
+FAMILIES = ["SD15", "SD20-v", "SDXL", "SD3", "Flux", "QwenImage", "Wan21", "Wan22", "Lumina2", "HiDream"]
+UNET_FAMILIES = {"SD15", "SD20-v", "SDXL"}
+CLASS = {"SD20-v": "SD20", "Wan21": "WAN21_T2V", "Wan22": "WAN22_T2V"}   # supported_models class names
+VIDEO = {"Wan21", "Wan22"}
+LIGHT_VAE = {"SD15": "taesd", "SD20-v": "taesd", "SDXL": "taesdxl", "SD3": "taesd3", "Flux": "taef1",
+             "Lumina2": "taef1", "HiDream": "taef1", "QwenImage": "taew2_1", "Wan21": "taew2_1", "Wan22": "taew2_2"}
+
+
+@pytest.fixture(scope="module")
+def models(synthetic):
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            cache[family] = synthetic.family_model(family, seed=0)
+        return cache[family]
+    return get
+
+
+def setup(synthetic, g, model, family, side=16, frames=1):
+    m = harness.source(g, "MODEL", model)
+    pos = harness.source(g, "CONDITIONING", synthetic.family_conditioning(family, seed=1))
+    neg = harness.source(g, "CONDITIONING", synthetic.family_conditioning(family, seed=2))
+    latent = harness.source(g, "LATENT", synthetic.family_latent(family, side, side, frames))
+    return m, pos, neg, latent
+
+
+def ksampler(g, model, pos, neg, latent, steps=2):
+    return g.node("KSampler", model=model, positive=pos, negative=neg, latent_image=latent, seed=3, steps=steps,
+                  cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0)
+
+
+def run_latent(host, g, node):
+    g.node("SaveLatent", samples=node.out(0), filename_prefix="sprint_families")
+    out = host.run(g.finalize()).output(node.id)["samples"]
+    assert torch.isfinite(out).all()
+    return out
+
+
+def expected_shape(synthetic, family, side=16, frames=1):
+    return tuple(synthetic.family_latent(family, side, side, frames)["samples"].shape)
+
+
+def graph():
+    from comfy_execution.graph_utils import GraphBuilder
+    return GraphBuilder()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sprint_ksampler(host, synthetic, models, family, model_calls):
+    calls = model_calls(models(family))
+    g = graph()
+    m, pos, neg, latent = setup(synthetic, g, models(family), family)
+    node = g.node("SprintKSampler", model=m, seed=1, steps=2, cfg=4.0, preset="balanced", scheduler="simple",
+                  positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    assert run_latent(host, g, node).shape == expected_shape(synthetic, family)
+    assert 1 <= calls.calls <= 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adaptive_sampler_in_sampler_custom(host, synthetic, models, family, model_calls):
+    calls = model_calls(models(family))
+    g = graph()
+    m, pos, neg, latent = setup(synthetic, g, models(family), family)
+    sampler = g.node("SprintAdaptiveSampler", preset="draft", tolerance=0.0, eta=0.0)
+    sigmas = g.node("BasicScheduler", model=m, scheduler="simple", steps=2, denoise=1.0)
+    node = g.node("SamplerCustom", model=m, add_noise=True, noise_seed=1, cfg=4.0, positive=pos, negative=neg,
+                  sampler=sampler.out(0), sigmas=sigmas.out(0), latent_image=latent)
+    assert run_latent(host, g, node).shape == expected_shape(synthetic, family)
+    assert 1 <= calls.calls <= 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dynamic_cfg(host, synthetic, models, family, model_calls):
+    """The default window follows the model's sampling type: EPS/V models guide inside (0.28, 5.42]
+    and leave the negative out above it; flow models guide from the first step (their shifted
+    schedules spend most steps above 5.42). Rows = 2 per guided step + 1 per other step."""
+    import comfy.model_sampling
+    calls = model_calls(models(family))
+    g = graph()
+    m, pos, neg, latent = setup(synthetic, g, models(family), family)
+    defaults = {i.id: i.default for i in host.pack.nodes.dynamic_cfg.SprintDynamicCFG.define_schema().inputs if i.id != "model"}
+    cfg = g.node("SprintDynamicCFG", model=m, **defaults)
+    with harness.captured_events() as events:
+        run_latent(host, g, ksampler(g, cfg.out(0), pos, neg, latent, steps=10))
+    skipped = [d["uncond_skipped"] for e, d in events if e == "sprint.dynamic_cfg"]
+    assert len(skipped) == 1 and skipped[0] < 10, (skipped, family)
+    assert calls.rows == 20 - skipped[0]
+    if isinstance(models(family).get_model_object("model_sampling"), comfy.model_sampling.CONST):
+        assert calls.shapes[0][0] == 2                       # guided at the first step
+    else:
+        assert calls.shapes[0][0] == 1 and skipped[0] > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiled_diffusion(host, synthetic, models, family, model_calls):
+    """A 40x40 latent (320 px) in 192 px tiles with 32 px overlap: 2 x 2 tiles of 24 x 24 cells,
+    all frames of a video tile together."""
+    frames = 5 if family in VIDEO else 1
+    calls = model_calls(models(family))
+    g = graph()
+    m, pos, neg, latent = setup(synthetic, g, models(family), family, side=40, frames=frames)
+    tiled = g.node("SprintTiledDiffusion", model=m, method="Mixture of Diffusers", tile_width=192, tile_height=192,
+                   overlap=32, margin=0, tile_batch_size=1)
+    out = run_latent(host, g, ksampler(g, tiled.out(0), pos, neg, latent))
+    assert out.shape == expected_shape(synthetic, family, 40, frames)
+    assert calls.shapes and all(s[-2:] == (24, 24) for s in calls.shapes), calls.shapes
+    assert len(calls.shapes) == 2 * 4
+    if family in VIDEO:
+        assert all(s[2] == out.shape[2] for s in calls.shapes)      # every frame of the tile at once
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_stage_upscale(host, synthetic, models, family, model_calls):
+    """16 -> 32 cells, refined with 1 of 4 steps, tiled (tile 192 px) since 256 px > 192."""
+    calls = model_calls(models(family))
+    g = graph()
+    m, pos, neg, latent = setup(synthetic, g, models(family), family)
+    node = g.node("SprintTwoStageUpscale", model=m, positive=pos, negative=neg, latent=latent, seed=5, steps=4,
+                  cfg=4.0, scheduler="simple", denoise=0.25, scale_by=2.0, upscale_method="latent bislerp",
+                  tile_size=192, tile_overlap=32)
+    out = run_latent(host, g, node)
+    assert out.shape[-2:] == (32, 32) and out.shape[:-2] == expected_shape(synthetic, family)[:-2]
+    assert calls.shapes and all(s[-2:] == (24, 24) for s in calls.shapes), calls.shapes
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_accelerate_ort_fp32(host, synthetic, models, family, caplog, model_calls):
+    """UNet families run on an ONNX Runtime engine; transformers run PyTorch, said in one warning
+    naming the family (the wrapper takes each family's own forward signature)."""
+    calls = model_calls(models(family))
+    g = graph()
+    m, pos, neg, latent = setup(synthetic, g, models(family), family, side=32)
+    fast = g.node("SprintAccelerateUNet", model=m, backend="onnxruntime", precision="fp32", max_batch=2,
+                  min_size=256, max_size=256, max_tokens=77)
+    with caplog.at_level(logging.WARNING, logger="sprint"), harness.captured_events() as events:
+        out = run_latent(host, g, ksampler(g, fast.out(0), pos, neg, latent))
+    assert out.shape == expected_shape(synthetic, family, 32)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sprint" and r.levelno >= logging.WARNING]
+    if family in UNET_FAMILIES:
+        assert any(e == "sprint.engine" and d.get("status") == "ready" for e, d in events), events
+        assert not warnings                                 # a PyTorch fallback always warns
+    else:
+        assert len(warnings) == 1 and CLASS.get(family, family) in warnings[0], warnings
+        assert calls.calls == 2
+
+
+@pytest.fixture(scope="module")
+def light_decoders(host, synthetic):
+    """Random-weight decoders of every variant the families need, in models/vae_approx."""
+    import folder_paths
+    import pathlib
+    folder = pathlib.Path(folder_paths.get_folder_paths("vae_approx")[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [synthetic.write_light_decoder(variant, folder) for variant in sorted(set(LIGHT_VAE.values()))]
+    yield
+    for path in written:
+        path.unlink()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_light_vae_decode_picks_the_families_decoder(host, synthetic, models, family, light_decoders, caplog):
+    frames = 5 if family in VIDEO else 1
+    latent = synthetic.family_latent(family, 8, 8, frames)["samples"].normal_(generator=torch.Generator().manual_seed(0))
+    g = graph()
+    node = g.node("SprintLightVAEDecode", samples=harness.source(g, "LATENT", {"samples": latent}),
+                  model=harness.source(g, "MODEL", models(family)), precision="fp32")
+    g.node("PreviewImage", images=node.out(0))
+    with caplog.at_level(logging.INFO, logger="sprint"):
+        image = host.run(g.finalize()).output(node.id)
+    side = 16 * 8 if family == "Wan22" else 8 * 8
+    images = latent.shape[0] * (1 + 4 * (latent.shape[2] - 1) if latent.ndim == 5 else 1)
+    assert image.shape == (images, side, side, 3) and torch.isfinite(image).all()
+    assert any(LIGHT_VAE[family] in r.getMessage() for r in caplog.records if r.name == "sprint"), caplog.records
