@@ -31,7 +31,7 @@ def bench(host):
 def settings(bench, **kw):
     """SprintDynamicCFG's defaults (the interval preset) with overrides; the window's top explicit
     (the default 0 means "by the model", 5.42 on the EPS/V models these tests mostly use)."""
-    return dict(bench.schedules()["interval (default)"], sigma_high=guidance.INTERVAL_SIGMA_HIGH, **kw)
+    return {**bench.schedules()["interval (default)"], "sigma_high": guidance.INTERVAL_SIGMA_HIGH, **kw}
 
 
 @pytest.fixture(scope="module")
