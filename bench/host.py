@@ -15,7 +15,7 @@ import uuid
 
 PACK_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACK_FOLDER = "Sprint"
-WORKFLOWS = PACK_ROOT / "workflows"
+WORKFLOWS = PACK_ROOT / "example_workflows"
 
 
 def cache_dir():
