@@ -5,7 +5,7 @@ Imported only after ComfyUI has booted (bench/host.py), from the copy of the pac
 import argparse
 import logging
 
-from . import dynamic_cfg, engines, light_vae, main_job, prompt_cache, run, sampler, tiling
+from . import dynamic_cfg, engines, light_vae, main_job, prompt_cache, run, sampler, thumbnail, tiling
 
 # command -> (module with configure(parser) and command(host, args), old names kept working)
 COMMANDS = {
@@ -17,6 +17,7 @@ COMMANDS = {
     "bench-engines": (engines, ("bench-unet",)),
     "bench-prompt-cache": (prompt_cache, ("text-cache-bench",)),
     "bench-light-vae": (light_vae, ("light-vae-bench",)),
+    "thumbnail": (thumbnail, ()),
 }
 
 
