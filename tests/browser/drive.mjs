@@ -127,6 +127,13 @@ try {
     await send("sprint.engine", { node: String(node.id), prompt_id: "t", fallback: "the image is larger than the engine's profile" });
     out.badge = node.sprintBadge?.text ?? null;
     out.colors = node.sprintBadge ? Object.values(node.sprintBadge.lines).map(([, c]) => c) : [];
+    // A Sprint node's text output (ui.PreviewText), which this frontend draws nowhere, becomes badge
+    // lines; the sampler's is left out (its event line carries the same numbers).
+    const other = app.graph.nodes.find((n) => n.type.startsWith("Sprint") && n.type !== "SprintKSampler");
+    const report = "hits 1 memory + 0 disk, misses 2, bypassed 0 | memory 3 entries, 0.1/256 MB";
+    await send("executed", { node: String(other.id), prompt_id: "t2", output: { text: [report] } });
+    await send("executed", { node: String(node.id), prompt_id: "t3", output: { text: ["7 of 7 model calls"] } });
+    out.report = { sent: report, badge: other.sprintBadge?.text ?? null, sampler: node.sprintBadge?.text ?? null };
     return out;
   });
   await page.screenshot({ path: shot("engine-events") });

@@ -133,6 +133,14 @@ def test_engine_build_toasts_and_fallback_badge(drive):
     assert events["colors"] == ["warn"]
 
 
+def test_text_reports_are_shown_as_badges(drive):
+    """Frontend 1.27 draws no node's text output; Sprint's extension shows it, one badge line per
+    part; the sampler's report is not repeated under its event line."""
+    report = drive["events"]["report"]
+    assert report["badge"] == "hits 1 memory + 0 disk, misses 2, bypassed 0\nmemory 3 entries, 0.1/256 MB", report
+    assert "7 of 7 model calls" not in (report["sampler"] or ""), report
+
+
 @pytest.mark.parametrize("name", _workflow_names())
 def test_workflow_opens_from_templates_with_no_missing_nodes(drive, name):
     opened = drive["workflows"][name]
