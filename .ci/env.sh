@@ -43,15 +43,23 @@ PY="$VENV/bin/python"
 if [ -n "$HOST" ]; then export COMFYUI_PATH="$HOST"; fi
 
 # Browser tier (with a host): Debian's chromium and npm's playwright-core, never a downloaded
-# browser. Best effort and quiet: without them the tier skips with one line.
+# browser. playwright-core goes into the cache folder; chromium is a system package, installed
+# only when asked (SPRINT_INSTALL_BROWSER=1, as .ci/run does) and said so. Without them the tier
+# skips with one line.
 if [ -n "$HOST" ]; then
   export SPRINT_NODE_MODULES="${SPRINT_NODE_MODULES:-$CACHE/node/node_modules}"
   if [ ! -f "$SPRINT_NODE_MODULES/playwright-core/index.mjs" ] && command -v npm >/dev/null; then
+    echo "installing npm's playwright-core into $(dirname "$SPRINT_NODE_MODULES") (for the browser tier) ..." >&2
     PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install -s --no-audit --no-fund --prefix "$(dirname "$SPRINT_NODE_MODULES")" \
       playwright-core@1.65.1 >&2 || echo "npm could not install playwright-core: the browser tier will skip" >&2
   fi
-  if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 \
-      || echo "apt-get could not install chromium: the browser tier will skip" >&2
+  if [ ! -x /usr/bin/chromium ]; then
+    if [ "${SPRINT_INSTALL_BROWSER:-}" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "SPRINT_INSTALL_BROWSER=1: installing Debian's chromium system-wide with apt-get ..." >&2
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 \
+        || echo "apt-get could not install chromium: the browser tier will skip" >&2
+    else
+      echo "no /usr/bin/chromium: the browser tier will skip (apt-get install chromium, or SPRINT_INSTALL_BROWSER=1 as root)" >&2
+    fi
   fi
 fi

@@ -5,7 +5,7 @@ Imported only after ComfyUI has booted (bench/host.py), from the copy of the pac
 import argparse
 import logging
 
-from . import dynamic_cfg, engines, light_vae, main_job, prompt_cache, quality, run, sampler, tiling, train_dev
+from . import dynamic_cfg, engines, light_vae, main_job, prompt_cache, quality, run, sampler, thumbnail, tiling, train_dev
 
 # command -> (module with configure(parser) and command(host, args), old names kept working)
 COMMANDS = {
@@ -19,6 +19,7 @@ COMMANDS = {
     "bench-light-vae": (light_vae, ("light-vae-bench",)),
     "bench-quality": (quality, ()),
     "train-dev-models": (train_dev, ()),
+    "thumbnail": (thumbnail, ()),
 }
 
 

@@ -15,7 +15,7 @@ import uuid
 
 PACK_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACK_FOLDER = "Sprint"
-WORKFLOWS = PACK_ROOT / "workflows"
+WORKFLOWS = PACK_ROOT / "example_workflows"
 
 
 def cache_dir():
@@ -133,6 +133,39 @@ class Result:
         return data[slot][0]
 
 
+class _HostImportNoise(logging.Filter):
+    """While ComfyUI loads its node modules: keeps every "Cannot import" message (`failures`), and
+    holds back what its optional modules log when their dependencies are missing (tracebacks,
+    "Cannot import", the IMPORT FAILED list, "torchaudio missing" ...) for one summary line.
+    Anything that names Sprint passes untouched."""
+
+    HELD = ("Traceback (most recent call last)", "Cannot import", "IMPORT FAILED", "WARNING: some comfy_extras/",
+            "This issue might be caused", "Please do a: pip install", "torchaudio missing")
+
+    def __init__(self):
+        super().__init__()
+        self.failures, self.held = [], []
+
+    def filter(self, record):
+        message = record.getMessage()
+        if message.startswith("Cannot import"):
+            self.failures.append(message)
+        if str(PACK_ROOT) in message or PACK_FOLDER in message:
+            return True
+        if message.strip() and not message.lstrip().startswith(self.HELD):
+            return True
+        if message.startswith("Cannot import"):
+            self.held.append(message)
+        return False
+
+    def summarise(self):
+        if self.held:
+            modules = ", ".join(pathlib.Path(m.split()[2]).name for m in self.held)
+            reasons = sorted({m.rsplit(": ", 1)[-1] for m in self.held})
+            logging.warning("ComfyUI: %d optional node module(s) did not import (%s: %s); Sprint does not use them",
+                            len(self.held), modules, "; ".join(reasons))
+
+
 def boot(comfy_path=None, base_dir=None, cpu=True, attention=None):
     """Boot ComfyUI as a library and load Sprint through its custom-node loader.
 
@@ -158,22 +191,16 @@ def boot(comfy_path=None, base_dir=None, cpu=True, attention=None):
     import folder_paths
     link_pack(folder_paths.get_folder_paths("custom_nodes")[0])
 
-    import nodes
-    failures = []
-
-    class _Failures(logging.Handler):
-        def emit(self, record):
-            if record.getMessage().startswith("Cannot import"):
-                failures.append(record.getMessage())
-
-    handler = _Failures()
-    logging.getLogger().addHandler(handler)
+    noise = _HostImportNoise()
+    logging.getLogger().addFilter(noise)
     try:
+        import nodes
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     finally:
-        logging.getLogger().removeHandler(handler)
-    host = Host(comfy_path, base_dir, failures)
-    sprint_failures = [f for f in failures if str(PACK_ROOT) in f or PACK_FOLDER in f]
+        logging.getLogger().removeFilter(noise)
+    noise.summarise()
+    host = Host(comfy_path, base_dir, noise.failures)
+    sprint_failures = [f for f in noise.failures if str(PACK_ROOT) in f or PACK_FOLDER in f]
     if sprint_failures or host.pack is None:
         raise RuntimeError("Sprint failed to load into ComfyUI: " + ("; ".join(sprint_failures) or "module not found"))
     return host
@@ -183,18 +210,20 @@ DEFAULT_CHECKPOINT = "sprint_random_sd15.safetensors"
 DEFAULT_LIGHT_DECODER = "taesd_decoder.safetensors"
 
 
-def provide_model_file(folder, given, default_name, write):
+def provide_model_file(folder, given, default_name, write, what=None):
     """Make a model file visible in the host's models/<folder>; returns its name there.
 
     A given file is linked in. Without one, `write(path)` makes a random-weight stand-in, once,
-    in the cache ($SPRINT_CACHE, default ~/.cache/sprint)."""
+    in the cache ($SPRINT_CACHE, default ~/.cache/sprint), announced before it starts as `what`
+    (e.g. "SD1.5 checkpoint (about 2.1 GB)")."""
     import folder_paths
     target_dir = pathlib.Path(folder_paths.get_folder_paths(folder)[0])
     target_dir.mkdir(parents=True, exist_ok=True)
     if given is None:
         given = cache_dir() / default_name
         if not given.exists():
-            print(f"writing a random-weight {folder[:-1] if folder.endswith('s') else folder} to {given} (once)", flush=True)
+            what = what or (folder[:-1] if folder.endswith("s") else folder)
+            print(f"writing a random-weight {what} to {given} (once) ...", flush=True)
             write(given)
     given = pathlib.Path(given).resolve()
     # the light VAE finds its files by name: keep ours, with the given file's format

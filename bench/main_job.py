@@ -2,7 +2,7 @@
 workflows on one model, seed and prompt.
 
 Stock is ComfyUI's default graph (KSampler euler/normal, 20 steps, cfg 8, full VAE decode); fast
-and quality are workflows/api/sprint_*.json as shipped (their own steps and presets), given the same
+and quality are example_workflows/api/sprint_*.json as shipped (their own steps and presets), given the same
 checkpoint, size, seed and prompt. Per pipeline: end-to-end wall time (rounds A B C A B C ...,
 medians; every round a new seed), UNet calls and batch rows, peak memory, and the error of its final
 latent against a fine-step reference of the same pipeline (same model, guidance schedule, seed and

@@ -29,12 +29,14 @@ def provide_checkpoint(ckpt=None):
     """A checkpoint loadable by CheckpointLoaderSimple: `ckpt`, else a full SD1.5-architecture one
     with random weights (full KL VAE; about 2.1 GB in fp16)."""
     return hostlib.provide_model_file("checkpoints", ckpt, hostlib.DEFAULT_CHECKPOINT,
-                                      lambda path: synthetic.write_sd15_checkpoint(path, unet="full", vae="kl", seed=0))
+                                      lambda path: synthetic.write_sd15_checkpoint(path, unet="full", vae="kl", seed=0),
+                                      what="SD1.5 checkpoint (about 2.1 GB)")
 
 
 def provide_light_decoder(decoder=None):
     """The SD1.x light VAE decoder in models/vae_approx: `decoder`, else a random-weight taesd one."""
-    return hostlib.provide_model_file("vae_approx", decoder, hostlib.DEFAULT_LIGHT_DECODER, synthetic.write_taesd_decoder)
+    return hostlib.provide_model_file("vae_approx", decoder, hostlib.DEFAULT_LIGHT_DECODER, synthetic.write_taesd_decoder,
+                                      what="taesd light decoder (about 5 MB)")
 
 
 def with_checkpoint(prompt, ckpt_name):

@@ -202,7 +202,7 @@ class SprintLightVAEDecode(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SprintLightVAEDecode",
-            display_name="Light VAE Decode (Sprint)",
+            display_name="Sprint Light VAE Decode",
             category="Sprint/latent",
             description="Decodes latents with a tiny TAESD-family decoder (taesd, taesdxl, taesd3, taef1, taef2; "
                         "taew2_1 / taew2_2 for Wan and Qwen-Image latents, video frames included) from "
@@ -232,7 +232,7 @@ class SprintLightVAEEncode(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SprintLightVAEEncode",
-            display_name="Light VAE Encode (Sprint)",
+            display_name="Sprint Light VAE Encode",
             category="Sprint/latent",
             description="Encodes images with a tiny TAESD-family encoder from models/vae_approx (for img2img drafts "
                         "and previews; the full VAE encodes more faithfully).",

@@ -103,7 +103,7 @@ class SprintCachedTextEncode(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SprintCachedTextEncode",
-            display_name="Cached CLIP Text Encode (Sprint)",
+            display_name="Sprint Cached CLIP Text Encode",
             category="Sprint/conditioning",
             description="CLIP Text Encode that remembers its results across graph edits and restarts. A hit is "
                         "bit-identical to a fresh encode; any change of text, text encoder, LoRA, clip skip, "
@@ -136,7 +136,7 @@ class SprintTextCache(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SprintTextCache",
-            display_name="Prompt Cache Stats (Sprint)",
+            display_name="Sprint Prompt Cache Stats",
             category="Sprint/conditioning",
             description="Shows the prompt-embedding cache's hits, misses and sizes, sets its memory and disk limits, "
                         "and clears it.",

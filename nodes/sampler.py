@@ -80,7 +80,7 @@ class SprintAdaptiveSampler(io.ComfyNode):
                                tooltip="Fresh noise per step (SDE steps, seeded by the sampling seed); 0 is "
                                        "the deterministic ODE, the only setting whose early stop is exact."),
             ],
-            outputs=[io.Sampler.Output()],
+            outputs=[io.Sampler.Output(tooltip="The adaptive sampler, for SamplerCustom / SamplerCustomAdvanced.")],
         )
 
     @classmethod
@@ -107,12 +107,23 @@ def report(info):
             "est_error": float(info["est_error"].max())}
 
 
+def report_text(stats):
+    """The run in one sentence (web/sprint.js's badge words it the same way): an early stop names
+    its step; a run that saved nothing says its budget bound it, since then there was no stop."""
+    head = f"{stats['calls']} of {stats['budget']} model calls"
+    if stats["saved"] > 0:
+        head += f" ({stats['saved']} saved), settled at step {stats['stop_step']}"
+    else:
+        head += f": spent its whole {stats['budget']}-call budget (more steps let it stop early)"
+    return f"{head}, estimated error {stats['est_error']:.2g}"
+
+
 class SprintKSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id="SprintKSampler",
-            display_name="Sprint KSampler (adaptive)",
+            display_name="Sprint Adaptive KSampler",
             category="Sprint/sampling",
             description=("KSampler with Sprint's adaptive sampler: same seed, noise, scheduler and denoise as "
                          "KSampler, but `steps` is a maximum: each image stops once it has settled. Shows the "
@@ -158,9 +169,7 @@ class SprintKSampler(io.ComfyNode):
             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         stats = report(info)
         common.send_event("sampler", stats)
-        text = (f"{stats['calls']} of {stats['budget']} model calls ({stats['saved']} saved), "
-                f"stopped at step {stats['stop_step']}, estimated error {stats['est_error']:.2g}")
-        return io.NodeOutput(out, ui=ui.PreviewText(text))
+        return io.NodeOutput(out, ui=ui.PreviewText(report_text(stats)))
 
 
 NODES = [SprintAdaptiveSampler, SprintKSampler]

@@ -86,14 +86,16 @@ def _tiers(request):
 
 
 def pytest_terminal_summary(terminalreporter):
-    skipped = [r for r in terminalreporter.stats.get("skipped", []) if {"host", "browser"} & set(getattr(r, "keywords", ()))]
-    if skipped and (HOST_MISSING or _host_state["error"]):
-        reason = HOST_MISSING or f"{_host_state['error']}; {ENABLE_HINT}"
-        terminalreporter.write_line(f"host tier skipped ({len(skipped)} tests): {reason}")
-    browser = {r.longrepr[2] for r in skipped if "browser" in r.keywords and isinstance(r.longrepr, tuple)
-               and "browser tier skipped" in r.longrepr[2]}
-    for line in browser:   # one line for the tier, not one per test
-        terminalreporter.write_line(line.removeprefix("Skipped: "))
+    """One line for all skips, counted by reason (a missing host or browser is named once)."""
+    reasons = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2].removeprefix("Skipped: ") if isinstance(report.longrepr, tuple) else "skipped"
+        if reason == HOST_MISSING or (_host_state["error"] and reason == _host_state["error"]):
+            reason = f"host tier: {reason}" + ("" if HOST_MISSING else f"; {ENABLE_HINT}")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        terminalreporter.write_line(f"skipped {sum(reasons.values())}: "
+                                    + "; ".join(f"{n} x {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])))
 
 
 @pytest.fixture(scope="session")

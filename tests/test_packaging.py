@@ -90,7 +90,7 @@ def test_missing_host_skips_with_one_line_or_fails_when_required(require, tmp_pa
     run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
                           "tests/nodes/test_host.py::test_pack_loads_without_import_failures"],
                          cwd=ROOT, env=env, capture_output=True, text=True)
-    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("host tier skipped")]
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("skipped 1: 1 x host tier: ")]
     if require:
         assert run.returncode == 1 and "SPRINT_REQUIRE_HOST=1" in run.stdout
     else:
@@ -102,6 +102,6 @@ def test_cuda_tier_without_cuda_skips_with_one_line():
     run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
                           "tests/nodes/test_host.py::test_pack_loads_without_import_failures"],
                          cwd=ROOT, env=env, capture_output=True, text=True)
-    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("host tier skipped")]
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("skipped 1: 1 x host tier: ")]
     assert run.returncode == 0 and len(lines) == 1, run.stdout
     assert "SPRINT_TEST_DEVICE=cuda but torch" in lines[0] and "sees no CUDA device" in lines[0]

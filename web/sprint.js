@@ -1,5 +1,6 @@
-// Sprint's frontend extension: per-node badges (model calls used/saved and stop step, cache hit
-// rate, engine backend and fallbacks, unconditional passes left out), toasts with progress for
+// Sprint's frontend extension: per-node badges (model calls used/saved, stop step and estimated
+// error, cache hit rate, engine backend and fallbacks, unconditional passes left out, and the text
+// reports of Sprint nodes, which this frontend does not draw), toasts with progress for
 // engine builds, and the default preset of fresh Sprint sampler nodes. All optional: headless and
 // API use never need it, and an event that never comes only means no badge is drawn.
 import { app } from "../../scripts/app.js";
@@ -9,14 +10,23 @@ const PRESET_SETTING = "Sprint.DefaultPreset";
 const PRESETS = ["draft", "balanced", "quality"];
 const COLORS = { ok: "#1f6f43", warn: "#9a5b00" };
 const LINE_HEIGHT = 16;
-const MAX_CHARS = 56;   // longer lines are cut on the canvas (node.sprintBadge.text keeps them whole)
+const MAX_CHARS = 72;   // longer lines are cut on the canvas (node.sprintBadge.text keeps them whole)
+// Nodes whose text report (ui.PreviewText) the frontend would not draw: the badge shows it,
+// wrapped, unless an event line already carries the same numbers.
+const REPORT_IN_EVENT = new Set(["SprintKSampler"]);
 
 const percent = (part, whole) => (whole > 0 ? `${Math.round((100 * part) / whole)}%` : "–");
 
 // Event `sprint.<name>` -> [line text, color] for the executing node's badge, or null. The
 // payloads are those the nodes send (nodes/*.py, common.send_event); every field may be missing.
 const FORMATS = {
-  sampler: (d) => [`${d.calls}/${d.budget} model calls · ${d.saved} saved · stop at step ${d.stop_step}`, "ok"],
+  // As nodes/sampler.py's report_text words it: an early stop names its step; a run that saved
+  // nothing spent its whole budget (the budget bound it), so there is no stop step to show.
+  sampler: (d) => {
+    const error = Number.isFinite(d.est_error) ? ` · est. error ${d.est_error.toPrecision(2)}` : "";
+    const outcome = d.saved > 0 ? `${d.saved} saved · settled at step ${d.stop_step}` : `whole ${d.budget}-call budget spent`;
+    return [`${d.calls}/${d.budget} model calls · ${outcome}${error}`, "ok"];
+  },
   dynamic_cfg: (d) => [`dynamic CFG: ${d.uncond_skipped} uncond passes skipped`, "ok"],
   prompt_cache: (d) => {
     const hits = (d.hits_memory ?? 0) + (d.hits_disk ?? 0);
@@ -78,6 +88,27 @@ function setLine(node, kind, line, promptId) {
     node.sprintDraws = true;
   }
   app.graph?.setDirtyCanvas(true, true);
+}
+
+// "a | b, c" -> lines of at most MAX_CHARS, broken at " | " first, then between words.
+function wrap(text) {
+  const lines = [];
+  for (const part of String(text).split(" | ")) {
+    let line = "";
+    for (const word of part.split(" ")) {
+      if (line && line.length + 1 + word.length > MAX_CHARS) { lines.push(line); line = word; }
+      else line = line ? `${line} ${word}` : word;
+    }
+    lines.push(line);
+  }
+  return lines;
+}
+
+function onExecuted({ detail }) {
+  const node = targetNode(detail);
+  const text = detail?.output?.text;
+  if (!node?.comfyClass?.startsWith("Sprint") || REPORT_IN_EVENT.has(node.comfyClass) || !text?.length) return;
+  wrap(text.join(" | ")).forEach((line, i) => setLine(node, `report${i}`, [line, "ok"], detail.prompt_id));
 }
 
 function toast(message) {
@@ -148,6 +179,7 @@ app.registerExtension({
       });
     }
     api.addEventListener("progress", onProgress);
+    api.addEventListener("executed", onExecuted);
     for (const end of ["execution_success", "execution_error", "execution_interrupted"]) {
       api.addEventListener(end, endBuild);
     }

@@ -7,7 +7,7 @@ import path from "node:path";
 const config = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 const { chromium } = await import(path.join(config.node_modules, "playwright-core", "index.mjs"));
 const shot = (name) => path.join(config.artifacts, `${name}.png`);
-const result = { logs: [], http_errors: [], extensions: [], workflows: {}, run: null };
+const result = { logs: [], http_errors: [], extensions: [], workflows: {}, runs: {} };
 let phase = "load";
 
 // The first page load would otherwise open the templates dialog by itself.
@@ -59,6 +59,34 @@ try {
     await page.waitForTimeout(1500);   // a missing-nodes dialog would show by now
   };
 
+  // The opened graph's geometry in graph space: node boxes (title bar included), group boxes,
+  // each wire sampled along the spline the frontend draws (pathRenderer's control points:
+  // max(30, distance / 4) out of the output to the right and into the input from the left), and
+  // the view: scale, offset, canvas size and whether text is drawn at this zoom.
+  const geometry = () => page.evaluate(() => {
+    app.canvas.draw(true, true);
+    const box = (n) => [...n.boundingRect];
+    const nodes = app.graph.nodes.map((n) => ({ id: n.id, type: n.type, title: n.title, mode: n.mode, box: box(n) }));
+    const links = [];
+    for (const link of (app.graph.links instanceof Map ? app.graph.links.values() : Object.values(app.graph.links))) {
+      if (!link) continue;
+      const from = app.graph.getNodeById(link.origin_id), to = app.graph.getNodeById(link.target_id);
+      const [ax, ay] = from.getOutputPos(link.origin_slot), [bx, by] = to.getInputPos(link.target_slot);
+      const c = Math.max(30, Math.hypot(bx - ax, by - ay) * 0.25);
+      const points = [];
+      for (let i = 0; i <= 64; i++) {
+        const t = i / 64, u = 1 - t;
+        points.push([u * u * u * ax + 3 * u * u * t * (ax + c) + 3 * u * t * t * (bx - c) + t * t * t * bx,
+                     u * u * u * ay + 3 * u * u * t * ay + 3 * u * t * t * by + t * t * t * by]);
+      }
+      links.push({ id: link.id, from: link.origin_id, to: link.target_id, points });
+    }
+    const el = app.canvas.canvas;
+    return { nodes, links, groups: app.graph.groups.map((g) => ({ title: g.title, box: [...(g.boundingRect ?? g._bounding)] })),
+             view: { scale: app.canvas.ds.scale, offset: [...app.canvas.ds.offset], width: el.clientWidth,
+                     height: el.clientHeight, low_quality: app.canvas.low_quality } };
+  });
+
   for (const name of config.workflows) {
     phase = `template:${name}`;
     await openTemplate(name);
@@ -72,6 +100,7 @@ try {
         prompt: output,
       };
     });
+    result.workflows[name].geometry = await geometry();
     await page.screenshot({ path: shot(`workflow-${name}`) });
     // Close what opened with it (a missing-nodes dialog), so the next step starts clean.
     for (let i = 0; i < 3 && await page.getByRole("dialog").count(); i++) await page.keyboard.press("Escape");
@@ -98,36 +127,41 @@ try {
     await send("sprint.engine", { node: String(node.id), prompt_id: "t", fallback: "the image is larger than the engine's profile" });
     out.badge = node.sprintBadge?.text ?? null;
     out.colors = node.sprintBadge ? Object.values(node.sprintBadge.lines).map(([, c]) => c) : [];
+    // A Sprint node's text output (ui.PreviewText), which this frontend draws nowhere, becomes badge
+    // lines; the sampler's is left out (its event line carries the same numbers).
+    const other = app.graph.nodes.find((n) => n.type.startsWith("Sprint") && n.type !== "SprintKSampler");
+    const report = "hits 1 memory + 0 disk, misses 2, bypassed 0 | memory 3 entries, 0.1/256 MB";
+    await send("executed", { node: String(other.id), prompt_id: "t2", output: { text: [report] } });
+    await send("executed", { node: String(node.id), prompt_id: "t3", output: { text: ["7 of 7 model calls"] } });
+    out.report = { sent: report, badge: other.sprintBadge?.text ?? null, sampler: node.sprintBadge?.text ?? null };
     return out;
   });
   await page.screenshot({ path: shot("engine-events") });
 
-  if (config.run) {
-    phase = `run:${config.run.workflow}`;
-    await openTemplate(config.run.workflow);
-    // The fast workflow as opened above, on the test's checkpoint at a small size.
-    result.run = await page.evaluate(async ({ ckpt, size, max_steps, timeout_ms }) => {
+  // Each workflow as opened from Templates, its checkpoint and light decoder as shipped (the
+  // server has files of those names), only made small: image size and a step cap. A fresh seed
+  // and prompt text, so nothing comes from the executor's cache of an earlier run.
+  result.runs = {};
+  for (const run of config.runs ?? []) {
+    phase = `run:${run.workflow}`;
+    await openTemplate(run.workflow);
+    result.runs[run.workflow] = await page.evaluate(async ({ size, max_steps, timeout_ms }) => {
       const { api } = await import("/scripts/api.js");
       const nodes = app.graph.nodes;
-      const setWidget = (node, name, value) => {
-        const w = node.widgets?.find((x) => x.name === name);
-        if (w) w.value = value;
-      };
-      // A fresh seed and prompt text, so nothing comes from the executor's cache of an earlier run.
-      const run = `run ${Date.now()}`;
+      const widget = (node, name) => node.widgets?.find((x) => x.name === name);
+      const stamp = `run ${Date.now()}`;
       for (const n of nodes) {
-        if (n.type === "CheckpointLoaderSimple") setWidget(n, "ckpt_name", ckpt);
-        if (n.type === "SprintCachedTextEncode") setWidget(n, "text", `${n.widgets.find((w) => w.name === "text").value} (${run})`);
-        setWidget(n, "seed", Date.now() % 1000000);
-        if (n.type === "EmptyLatentImage") { setWidget(n, "width", size); setWidget(n, "height", size); }
+        if (n.type === "SprintCachedTextEncode") widget(n, "text").value += ` (${stamp})`;
+        if (widget(n, "seed")) widget(n, "seed").value = Date.now() % 1000000;
+        if (n.type === "EmptyLatentImage") { widget(n, "width").value = size; widget(n, "height").value = size; }
+        if (widget(n, "steps")) widget(n, "steps").value = Math.min(widget(n, "steps").value, max_steps);
       }
-      const missing = nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type);
-      const sampler = nodes.find((n) => /KSampler$/.test(n.type));
-      if (missing.length || !sampler) {
-        return { outcome: { ok: false, detail: `not queued: missing node types ${missing}, sampler ${sampler?.type}` } };
-      }
-      const steps = sampler.widgets.find((w) => w.name === "steps");
-      steps.value = Math.min(steps.value, max_steps);
+      const sampler = nodes.find((n) => n.type === "SprintKSampler");
+      const seen = { sampler: null, report: null };
+      const onSampler = ({ detail }) => { if (String(detail?.node) === String(sampler.id)) seen.sampler = detail; };
+      const onExecuted = ({ detail }) => { if (String(detail?.node) === String(sampler.id)) seen.report = detail.output?.text?.[0] ?? null; };
+      api.addEventListener("sprint.sampler", onSampler);
+      api.addEventListener("executed", onExecuted);
       const done = new Promise((resolve) => {
         api.addEventListener("execution_success", (e) => resolve({ ok: true, detail: e.detail }));
         api.addEventListener("execution_error", (e) => resolve({ ok: false, detail: e.detail }));
@@ -138,8 +172,9 @@ try {
       await app.queuePrompt(0, 1);
       const errors = app.lastNodeErrors && Object.keys(app.lastNodeErrors).length ? app.lastNodeErrors : null;
       const outcome = errors ? { ok: false, detail: `refused by the server: ${JSON.stringify(errors)}` } : await done;
-      // Show the sampler, draw, and read the canvas where its badge says it was drawn.
-      app.canvas.centerOnNode?.(sampler);
+      api.removeEventListener("sprint.sampler", onSampler);
+      api.removeEventListener("executed", onExecuted);
+      // Draw, and read the canvas where the sampler's badge says it was drawn.
       app.canvas.setDirty(true, true);
       app.canvas.draw(true, true);
       await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
@@ -155,12 +190,13 @@ try {
       }
       const badges = {};
       for (const n of nodes) if (n.sprintBadge) badges[`${n.id} ${n.type}`] = n.sprintBadge.text;
-      return { outcome, sampler: { id: sampler.id, type: sampler.type, badge: badge?.text ?? null,
+      return { outcome, sampler: { id: sampler.id, badge: badge?.text ?? null, event: seen.sampler, report: seen.report,
                                    colors: badge ? Object.values(badge.lines).map(([, c]) => c) : [] },
                pixel, badges };
-    }, config.run);
+    }, run);
+    result.runs[run.workflow].geometry = await geometry();
     await page.waitForTimeout(500);
-    await page.screenshot({ path: shot(`run-${config.run.workflow}`) });
+    await page.screenshot({ path: shot(`run-${run.workflow}`) });
   }
 } finally {
   fs.writeFileSync(config.result, JSON.stringify(result, null, 1));

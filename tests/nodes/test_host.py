@@ -22,8 +22,11 @@ def test_pack_loads_without_import_failures(host):
     for node_id in expected:
         schema = host.nodes.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA()
         assert schema.category.startswith("Sprint/") and schema.description, node_id
+        assert schema.display_name.startswith("Sprint "), f"{node_id}: display name {schema.display_name!r}"
         for inp in schema.inputs:
             assert getattr(inp, "tooltip", None), f"{node_id}.{inp.id} has no tooltip"
+        for out in schema.outputs:
+            assert getattr(out, "tooltip", None), f"{node_id} output {out.io_type} has no tooltip"
 
 
 def txt2img(graph, model, clip, vae, steps=3, size=64, sampler="euler"):

@@ -1,4 +1,4 @@
-"""The bundled workflows (workflows/api/, the API twins of workflows/*.json) run headless through
+"""The bundled workflows (example_workflows/api/, the API twins of example_workflows/*.json) run headless through
 the executor on the shallow SD1.5 checkpoint; the UI files are checked against the twins in the
 browser tier."""
 import pathlib
@@ -12,11 +12,11 @@ PACK = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_twins_are_the_shipped_workflows_pairs():
-    ui = sorted(p.stem for p in (PACK / "workflows").glob("*.json"))
-    api = sorted(p.stem for p in (PACK / "workflows" / "api").glob("sprint_*.json"))
+    ui = sorted(p.stem for p in (PACK / "example_workflows").glob("*.json"))
+    api = sorted(p.stem for p in (PACK / "example_workflows" / "api").glob("sprint_*.json"))
     assert api == ["sprint_fast", "sprint_quality"] and ui == api
     for name in ui:
-        assert (PACK / "workflows" / f"{name}.jpg").read_bytes()[:3] == b"\xff\xd8\xff"     # a JPEG thumbnail
+        assert (PACK / "example_workflows" / f"{name}.jpg").read_bytes()[:3] == b"\xff\xd8\xff"     # a JPEG thumbnail
 
 
 @pytest.mark.parametrize("name", ["fast", "quality"])
