@@ -221,8 +221,10 @@ class SprintLightVAEDecode(io.ComfyNode):
     def execute(cls, samples, model=None, variant="auto", tile_size=0, precision="auto") -> io.NodeOutput:
         common.check_inputs(cls, locals())
         latents = samples["samples"]
-        common.check_latent(latents, "samples")      # 5-D: video (or Qwen-Image) latents, TAEHV decoders only
+        common.check_latent(latents, "samples")
         variant = pick_variant(latents, model, variant, "decoder")
+        if variant not in taehv.VARIANTS:             # 5-D (video, Qwen-Image) latents: TAEHV decoders only
+            common.check_latent(latents, "samples", ranks=(4,))
         images = run(variant, "decoder", latents, tile_size // spatial(variant), precision)
         return io.NodeOutput(images.movedim(1, -1))
 
