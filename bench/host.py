@@ -23,6 +23,13 @@ def cache_dir():
     return pathlib.Path(os.environ.get("SPRINT_CACHE", pathlib.Path.home() / ".cache" / "sprint"))
 
 
+def shared_taesd():
+    """The project's shared/data/taesd (real taef2 weights) beside the checkout or beside its
+    worktrees folder, or None where the checkout came without it."""
+    return next((base / "shared" / "data" / "taesd" for base in (PACK_ROOT.parent, PACK_ROOT.parent.parent)
+                 if (base / "shared" / "data" / "taesd" / "taef2_decoder.pth").is_file()), None)
+
+
 class HostNotFound(RuntimeError):
     pass
 

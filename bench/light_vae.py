@@ -8,7 +8,7 @@ import torch
 from ..engines import taesd
 from ..nodes import light_vae
 from . import synthetic
-from .host import PACK_ROOT
+from .host import shared_taesd
 from .meters import device_name, side_by_side, timed
 
 
@@ -16,8 +16,7 @@ def configure(parser):
     """`bench-light-vae`: light decode vs ComfyUI's full SD VAE decode, taef2 PSNR on photographs."""
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds of the decode timings")
     parser.add_argument("--size", type=int, default=64, help="latent side (64 = a 512 px image)")
-    shared = [p / "shared" / "data" / "taesd" for p in (PACK_ROOT.parent, PACK_ROOT.parent.parent)]
-    parser.add_argument("--taef2", default=str(next((p for p in shared if p.is_dir()), shared[0])),
+    parser.add_argument("--taef2", default=str(shared_taesd() or "shared/data/taesd"),
                         help="folder with taef2_encoder.pth and taef2_decoder.pth (the real weights)")
     parser.set_defaults(func=command)
 

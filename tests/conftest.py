@@ -101,9 +101,9 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope="session")
 def taesd_data():
     """shared/data/taesd (the real taef2 weights), beside the checkout or beside its worktrees folder."""
-    for base in (ROOT.parent, ROOT.parent.parent):
-        if (base / "shared" / "data" / "taesd" / "taef2_decoder.pth").is_file():
-            return base / "shared" / "data" / "taesd"
+    folder = hostlib.shared_taesd()
+    if folder is not None:
+        return folder
     pytest.skip(f"no shared/data/taesd beside {ROOT} or its parent: the real TAESD weights come with the project's shared/ folder")
 
 

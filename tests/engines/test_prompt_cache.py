@@ -44,6 +44,16 @@ def assert_identical(a, b):
         assert a == b
 
 
+def assert_miss_then_rewritten(folder, caplog):
+    """The damaged entry K("k") in `folder` reads as a logged miss; a new put rewrites it whole."""
+    fresh = P.PromptCache(KB * KB, folder, 10 * KB * KB)
+    with caplog.at_level(logging.WARNING, "sprint"):
+        assert fresh.get(K("k")) == (None, "miss")
+    assert "unreadable entry" in caplog.text
+    fresh.put(K("k"), conditioning(3))
+    assert_identical(P.PromptCache(KB * KB, folder, 10 * KB * KB).get(K("k"))[0], conditioning(3))
+
+
 def test_flatten_round_trips_exactly_and_refuses_live_objects():
     value = conditioning(0)
     assert_identical(P.unflatten(*P.flatten(value)), value)
@@ -109,12 +119,7 @@ def test_a_corrupt_entry_is_a_miss_then_rewritten(tmp_path, damage, caplog):
         cache.put(K("other"), conditioning(4))
         data = bytearray((tmp_path / f"{K('other')}.safetensors").read_bytes())
     path.write_bytes(bytes(data))
-    fresh = P.PromptCache(KB * KB, tmp_path, 10 * KB * KB)
-    with caplog.at_level(logging.WARNING, "sprint"):
-        assert fresh.get(K("k")) == (None, "miss")
-    assert "unreadable entry" in caplog.text
-    fresh.put(K("k"), conditioning(3))
-    assert_identical(P.PromptCache(KB * KB, tmp_path, 10 * KB * KB).get(K("k"))[0], conditioning(3))
+    assert_miss_then_rewritten(tmp_path, caplog)
 
 
 def test_disk_is_bounded_least_recently_used_first_and_index_rebuilds(tmp_path):
@@ -200,12 +205,7 @@ def test_changed_header_metadata_is_a_miss_then_rewritten(tmp_path, caplog):
     skeleton = json.loads(meta["skeleton"])
     skeleton[0][0] = {"tensor": "t9"}                    # names a tensor that is not there
     safetensors.torch.save_file(tensors, str(path), metadata=dict(meta, skeleton=json.dumps(skeleton)))
-    fresh = P.PromptCache(KB * KB, tmp_path, 10 * KB * KB)
-    with caplog.at_level(logging.WARNING, "sprint"):
-        assert fresh.get(K("k")) == (None, "miss")
-    assert "unreadable entry" in caplog.text
-    fresh.put(K("k"), conditioning(3))
-    assert_identical(P.PromptCache(KB * KB, tmp_path, 10 * KB * KB).get(K("k"))[0], conditioning(3))
+    assert_miss_then_rewritten(tmp_path, caplog)
     with pytest.raises(ValueError, match="unknown skeleton node"):
         P.unflatten({}, [{"bogus": 1}])                  # never a silently wrong CONDITIONING
 
