@@ -16,6 +16,7 @@ the PyTorch UNet, which stays loaded for the fallbacks; evicting it releases the
 torch backend shares the UNet's weights: its size is the CUDA-graph memory pool it captured.
 """
 import functools
+import inspect
 import logging
 
 import torch
@@ -32,7 +33,7 @@ from . import common
 from ..engines.files import digest
 from ..engines.unet import build as chain, ort, torch_backend
 from ..engines.unet.artifacts import ArtifactError, ArtifactStore, read
-from ..engines.unet.export import ShapeProfile, export_unet
+from ..engines.unet.export import ShapeProfile, export_call, export_unet
 from ..engines.unet.int8 import CalibrationSet
 
 log = logging.getLogger("sprint")
@@ -63,7 +64,11 @@ class Slot:
     def __init__(self, backend, precision, profile):
         self.backend, self.precision, self.profile = backend, precision, profile
         self.runtime = self.runtime_key = self.key = self.run_reason = self.calibration = None
-        self.arch = self.device = None
+        self.arch = self.device = self.family = self.base_key = None
+        self.transformer = False
+        self.call_inputs, self.call_fixed = {}, {}     # the transformer call an export traces
+        self.run_calls = 0
+        self.checked = set()          # transformer engines compared with PyTorch once per process
         self.estimate = 0
         self.reasons = set()
         self.stats = {"engine_calls": 0, "pytorch_calls": 0}
@@ -96,35 +101,67 @@ class Slot:
     def begin_run(self, patcher):
         """Key the run on the weights the sampler will use (base + patches/LoRA)."""
         config = patcher.model.model_config.unet_config
-        self.run_reason = self.key = None
-        if not isinstance(patcher.model.diffusion_model, UNetModel):
-            # the exporter traces the UNet's forward(x, timesteps, context, y); transformers differ
-            family = type(patcher.model.model_config).__name__
-            self.run_reason = (f"{family} is a transformer ({type(patcher.model.diffusion_model).__name__}); "
-                               "engines are built for UNet models (SD1.x, SD2.x, SDXL) only")
-            self.note(self.run_reason)    # some (SD3's MMDiT) never call the DIFFUSION_MODEL wrapper
-            return
-        self.arch, multiple = chain.describe(config)
+        self.run_reason = self.key = self.base_key = None
+        self.run_calls = 0
+        self.family = type(patcher.model.model_config).__name__
+        self.transformer = not isinstance(patcher.model.diffusion_model, UNetModel)
+        if self.transformer:
+            # traced per call signature (see transformer_call); the profile bounds what is built
+            self.arch, multiple = {"in_channels": None, "context_dim": None, "y_dim": None}, 1
+            if self.backend not in ("auto", "onnxruntime"):
+                self.run_reason = (f"{self.family} is a transformer: its engines run on ONNX Runtime only "
+                                   f"(the {self.backend} backend takes UNet inputs)")
+                return
+        else:
+            self.arch, multiple = chain.describe(config)
         self.profile = ShapeProfile.from_dict({**self.profile.as_dict(), "multiple": multiple})
         if any(k.startswith("diffusion_model.") for k in patcher.object_patches):
             self.run_reason = "object patches replace parts of the UNet"
             return
         try:
-            backend, device = chain.resolve(self.backend, patcher.load_device)
+            backend, device = chain.resolve("onnxruntime" if self.transformer else self.backend, patcher.load_device)
             self.device = device
-            key = chain.make_key(common.patcher_fingerprint(patcher, "diffusion_model."), digest(config),
-                                       self.profile, self.precision, backend, device)
+            key = chain.make_key(common.patcher_fingerprint(patcher, "diffusion_model."), digest(config, self.family),
+                                 self.profile, self.precision, backend, device, self.transformer)
         except (ort.RuntimeMissing, ValueError) as e:
             self.run_reason = str(e)
             return
-        if self.runtime_key is not None and key != self.runtime_key:
+        # a transformer's runtime key adds its call to the run's key: only new weights count here
+        if self.runtime_key is not None and (self.runtime_key["weights"] != key["weights"] if self.transformer
+                                             else key != self.runtime_key):
             log.info("Sprint engine: the model's weights or settings changed (LoRA/patches): using another engine")
             self.release()
         params = sum(p.numel() for p in patcher.model.diffusion_model.parameters())
         # the torch backend holds no weights of its own (its graph pool is measured once captured)
         self.estimate = 0 if backend in chain.IN_MEMORY else params * chain.BYTES_PER_WEIGHT[self.precision]
-        self.key = key
+        self.key = self.base_key = key
 
+    def transformer_call(self, unet, args, kwargs):
+        """(engine key, tensor inputs by name, fixed arguments) of one transformer call, or a
+        reason it cannot run on an engine. The engine is traced at the call's shapes: its key
+        holds the argument names, shapes and fixed values."""
+        bound = inspect.signature(unet.forward).bind(*args, **kwargs).arguments
+        bound.update(bound.pop("kwargs", {}))
+        options = bound.pop("transformer_options", {})
+        for name in ("control", "ref_latents"):
+            if bound.get(name) is not None:
+                return f"{self.family}: {name} inputs (the engine has none for them)"
+        patches = sorted(k for k, v in options.get("patches", {}).items() if v)
+        replaced = sorted(k for k, v in options.get("patches_replace", {}).items() if v)
+        if patches or replaced:
+            return f"model patches the engine cannot apply ({', '.join(patches + replaced)})"
+        tensors = {k: v for k, v in bound.items() if torch.is_tensor(v)}
+        fixed = {k: v for k, v in bound.items() if not torch.is_tensor(v)}
+        if any(v is not None and not isinstance(v, (bool, int, float, str)) for v in fixed.values()):
+            return f"{self.family}: non-tensor inputs the engine cannot take ({', '.join(sorted(fixed))})"
+        x, context = next(iter(tensors.values())), tensors.get("context")
+        # transformers' text encoders give any token count: only the profile's maximum bounds it
+        tokens = max(context.shape[1] if context is not None else 0, self.profile.tokens[0])
+        violation = self.profile.violation((x.shape[0], 0, *x.shape[-2:]), tokens)
+        if violation:
+            return violation
+        call = {"inputs": {k: list(v.shape) for k, v in tensors.items()}, "fixed": fixed}
+        return dict(self.base_key, arch=digest(self.base_key["arch"], call)), tensors, fixed
     def engine(self, unet):
         """The loaded engine for this run's key, building it if needed; None while an INT8
         calibration run records (that run samples in PyTorch)."""
@@ -142,7 +179,7 @@ class Slot:
         if artifact is None:
             export = functools.partial(self.export, unet)
             int8_graph = chain.calibration_graph(self.key)
-            if self.precision == "int8" and artifacts.lookup(int8_graph) is None:
+            if chain.needs_calibration(self.key) and artifacts.lookup(int8_graph) is None:
                 if self.calibration is None:
                     self._build(chain.source_key(int8_graph), export, "exporting the FP32 graph")
                     self.calibration = CalibrationSet()
@@ -157,6 +194,11 @@ class Slot:
         return self.runtime
 
     def export(self, unet, folder):
+        if self.transformer:
+            export_call(unet, folder, list(self.call_inputs), list(self.call_inputs.values()),
+                        dict(self.call_fixed, transformer_options=TRACE_OPTIONS),
+                        check=mm.throw_exception_if_processing_interrupted)
+            return
         export_unet(unet, folder, self.profile, self.arch["in_channels"], self.arch["context_dim"], self.arch["y_dim"],
                     forward_kwargs={"transformer_options": TRACE_OPTIONS},
                     check=mm.throw_exception_if_processing_interrupted)
@@ -200,12 +242,17 @@ def _no_export(key, folder):
 
 
 def _outer_sample(slot, executor, *args, **kwargs):
-    slot.begin_run(executor.class_obj.model_patcher)
+    patcher = executor.class_obj.model_patcher
+    slot.begin_run(patcher)
     try:
         result = executor(*args, **kwargs)
     except BaseException:
         slot.calibration = None          # an interrupted run calibrates nothing
         raise
+    if slot.run_calls == 0:
+        # SD3's MMDiT (ComfyUI 0.3.64) runs its forward without the host's diffusion-model wrappers
+        slot.note(f"{slot.family}: ComfyUI runs its {type(patcher.model.diffusion_model).__name__} without "
+                  "diffusion-model wrappers, so no engine can take its calls")
     try:
         slot.finish_run()
     except mm.InterruptProcessingException:
@@ -220,12 +267,56 @@ def _unet_inputs(x, timesteps=None, context=None, y=None, control=None, transfor
     return x, timesteps, context, y, control, transformer_options, kwargs
 
 
+# An engine's output against PyTorch on the call it first serves: above this, the graph the
+# tracer recorded is not the model (a shape-dependent branch it froze), and the family runs PyTorch.
+CHECK_TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.1}
+
+
+def _transformer(slot, executor, args, kwargs):
+    """A transformer family's call on its engine (traced at this call's signature and shapes)."""
+    found = slot.transformer_call(executor.class_obj, args, kwargs)
+    if isinstance(found, str):
+        slot.fallback(found)
+        return executor(*args, **kwargs)
+    key, tensors, fixed = found
+    try:
+        slot.key = key
+        slot.call_inputs, slot.call_fixed = tensors, fixed
+        engine = slot.engine(executor.class_obj)
+        x = next(iter(tensors.values()))
+        out = engine.run(tensors, x).to(x.dtype)
+        check = digest(key)
+        if check not in slot.checked:
+            reference = executor(*args, **kwargs)
+            error = ((out.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12)).item()
+            if not error <= CHECK_TOLERANCE[slot.precision]:
+                what = "gives NaN" if error != error else f"is off by relative error {error:.2g}"
+                slot.run_reason = (f"{slot.family}: its exported ONNX graph {what} against the PyTorch model on the "
+                                   "call it was traced from")
+                slot.fallback(slot.run_reason)
+                return reference
+            slot.checked.add(check)
+        slot.stats["engine_calls"] += 1
+        return out
+    except mm.InterruptProcessingException:
+        raise
+    except Exception as e:          # a failed export, build or run costs speed for this run, never the image
+        slot.run_reason = f"{slot.family}: the engine failed ({type(e).__name__}: {str(e).splitlines()[0][:300]})"
+        if slot.run_reason not in slot.reasons:     # the one warning is the fallback line
+            log.info("Sprint engine failed", exc_info=True)
+        slot.fallback(slot.run_reason)
+        return executor(*args, **kwargs)
+
+
 def _diffusion_model(slot, executor, *args, **kwargs):
-    """Every family's own forward(*args, **kwargs) reaches here; only UNet calls can run on the
-    engine, the rest pass through unchanged."""
+    """Every family's own forward(*args, **kwargs) reaches here: UNets run on a UNet engine,
+    transformers on one traced from their own signature; the rest pass through unchanged."""
+    slot.run_calls += 1
     if slot.run_reason is not None:
         slot.fallback(slot.run_reason)
         return executor(*args, **kwargs)
+    if slot.transformer:
+        return _transformer(slot, executor, args, kwargs)
     x, timesteps, context, y, control, transformer_options, extra = _unet_inputs(*args, **kwargs)
     reason = slot.call_reason(x, context, y, control, transformer_options, extra)
     if reason is None:

@@ -5,7 +5,8 @@ Build chain (each link is an artifact of its own, so an FP16 or INT8 build reuse
 export, and TensorRT reuses the ONNX graphs):
     onnxruntime fp32  <- export(folder)         the torch UNet traced to ONNX
     onnxruntime fp16  <- onnxruntime fp32       FP16 weights and compute, FP32 I/O
-    onnxruntime int8  <- onnxruntime fp32       static QDQ, calibrated on sampling calls
+    onnxruntime int8  <- onnxruntime fp32       UNets: static QDQ, calibrated on sampling calls;
+                                                transformers: dynamic INT8 MatMuls, no calibration
     tensorrt p        <- onnxruntime fp32 (p = fp32/fp16; fp16 from onnxruntime fp16 on TensorRT 11,
                          which takes precision from the graph) or int8 (the QDQ graph)
 The `torch` backend has no artifact: torch.compile of the live UNet, in memory per process (its
@@ -82,9 +83,10 @@ def runtime_version(backend, device):
     return f"onnxruntime {ort.version()}"
 
 
-def make_key(weights, arch, profile: ShapeProfile, precision, backend, device):
+def make_key(weights, arch, profile: ShapeProfile, precision, backend, device, transformer=False):
     """Everything an artifact's validity depends on. `weights`: digest of the effective weights
-    (base + patches/LoRA); `arch`: digest of the UNet configuration."""
+    (base + patches/LoRA); `arch`: digest of the UNet configuration (for a transformer: also of
+    its call, i.e. argument names, shapes and fixed values). transformer: INT8 is dynamic."""
     if backend not in BACKENDS or precision not in PRECISIONS:
         raise ValueError(f"unknown engine {backend}/{precision}; backends {BACKENDS}, precisions {PRECISIONS}")
     if backend in IN_MEMORY and precision == "int8":
@@ -97,15 +99,23 @@ def make_key(weights, arch, profile: ShapeProfile, precision, backend, device):
     else:
         key["exporter"] = f"torch {torch.__version__.split('+')[0]} opset {OPSET}"
     if precision == "int8":
-        key["quantization"] = digest(int8.KEEP_FLOAT, int8.QUANTIZED_OPS, "qdq-minmax-u8s8-per-channel")
+        key["quantization"] = int8.DYNAMIC if transformer else \
+            digest(int8.KEEP_FLOAT, int8.QUANTIZED_OPS, "qdq-minmax-u8s8-per-channel")
     return key
+
+
+def needs_calibration(key):
+    """An INT8 key quantized statically (UNets: from a recorded sampling run)."""
+    return key["precision"] == "int8" and key.get("quantization") != int8.DYNAMIC
 
 
 def source_key(key):
     """The artifact a build of `key` starts from (None: the torch export itself)."""
     if key["backend"] == "tensorrt":
         graph = key["precision"] if key["precision"] == "int8" or tensorrt.strongly_typed() else "fp32"
-        return make_key(key["weights"], key["arch"], ShapeProfile.from_dict(key["profile"]), graph, "onnxruntime", key["device"])
+        source = make_key(key["weights"], key["arch"], ShapeProfile.from_dict(key["profile"]), graph, "onnxruntime",
+                          key["device"], key.get("quantization") == int8.DYNAMIC)
+        return source
     if key["precision"] != "fp32":
         return dict({k: v for k, v in key.items() if k != "quantization"}, precision="fp32")
     return None
@@ -151,7 +161,7 @@ def build(store, key, export, arch=None, calibration=None, progress=None):
     made = []
 
     def make(folder):
-        made.append(key["precision"] != "int8" or key["backend"] == "tensorrt")   # int8.quantize ticks itself
+        made.append(not needs_calibration(key) or key["backend"] == "tensorrt")   # int8.quantize ticks itself
         if src is None:
             export(folder)
         elif key["backend"] == "tensorrt":
@@ -160,6 +170,8 @@ def build(store, key, export, arch=None, calibration=None, progress=None):
             tensorrt.build_plan(source.path / GRAPH, folder, shapes, key["precision"])
         elif key["precision"] == "fp16":
             ort.to_fp16(source.path / GRAPH, folder / GRAPH)
+        elif not needs_calibration(key):
+            int8.quantize_dynamic_int8(source.path / GRAPH, folder)
         else:
             if not calibration:
                 raise ValueError("an INT8 engine needs calibration calls recorded from a sampling run")

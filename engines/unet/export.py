@@ -4,6 +4,7 @@ dynamic in batch, latent height/width and context tokens within a ShapeProfile.
 Weights go to one external-data file beside the graph, so full-size UNets (> 2 GB in FP32, the
 protobuf limit) export the same way as tiny ones.
 """
+import contextlib
 import dataclasses
 import pathlib
 import tempfile
@@ -112,3 +113,70 @@ def save_model(model, path):
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=path.name + ".data", size_threshold=0)
     return path
+
+
+class _Call(torch.nn.Module):
+    """A transformer's forward with its tensor arguments positional, in `names` order (what the
+    exporter traces); the non-tensor ones (None, counts, options) are fixed."""
+
+    def __init__(self, model, names, fixed):
+        super().__init__()
+        self.model, self.names, self.fixed = model, names, fixed
+
+    def forward(self, *tensors):
+        return self.model(**self.fixed, **dict(zip(self.names, tensors)))
+
+
+def _rms_norm(g, x, shape, weight, eps):
+    """aten::rms_norm (torch >= 2.4, used by Lumina 2, HiDream, Wan) in opset-17 ops."""
+    from torch.onnx import symbolic_helper as sh
+    eps = 1e-6 if sh._is_none(eps) else sh._maybe_get_const(eps, "f")
+    mean = g.op("ReduceMean", g.op("Mul", x, x), axes_i=[-1], keepdims_i=1)
+    out = g.op("Div", x, g.op("Sqrt", g.op("Add", mean, g.op("Constant", value_t=torch.tensor(eps)))))
+    return out if sh._is_none(weight) else g.op("Mul", out, weight)
+
+
+def _einsum(g, equation, tensor_list, path=None):
+    """aten::einsum with mixed float/double operands (the RoPE tables of Flux-style models take
+    float64 frequencies): PyTorch promotes them, ONNX needs one type, so both become double."""
+    from torch.onnx import symbolic_helper as sh
+    from torch.onnx._internal.torchscript_exporter._type_utils import JitScalarType
+    tensors = sh._unpack_list(tensor_list)
+    if len({JitScalarType.from_value(t) for t in tensors}) > 1:
+        tensors = [g.op("Cast", t, to_i=JitScalarType.DOUBLE.onnx_type()) for t in tensors]
+    return g.op("Einsum", *tensors, equation_s=sh._maybe_get_const(equation, "s"))
+
+
+@contextlib.contextmanager
+def _transformer_ops():
+    """What tracing ComfyUI's transformers needs beyond the stock exporter: the two symbolics
+    above, and round() of traced sizes (Qwen-Image rounds x.shape arithmetic, which the tracer
+    hands over as tensors)."""
+    for op, fn in (("aten::rms_norm", _rms_norm), ("aten::einsum", _einsum)):
+        torch.onnx.register_custom_op_symbolic(op, fn, OPSET)
+    torch.Tensor.__round__ = lambda self, ndigits=None: self.round()
+    try:
+        yield
+    finally:
+        del torch.Tensor.__round__
+        for op in ("aten::rms_norm", "aten::einsum"):
+            torch.onnx.unregister_custom_op_symbolic(op, OPSET)
+
+
+@torch.no_grad()
+def export_call(model, folder, names, tensors, fixed, check=None):
+    """Write folder/unet.onnx (+ .data) for a transformer's forward(**fixed, **{names: tensors}),
+    at exactly these shapes: the transformers' position tables and patching are traced as
+    constants of the shapes, so an engine serves one input shape (a sampling run keeps it)."""
+    check = check or (lambda: None)
+    import onnx
+    folder = pathlib.Path(folder)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp, warnings.catch_warnings(), _transformer_ops():
+        warnings.simplefilter("ignore")
+        raw = pathlib.Path(tmp) / GRAPH
+        torch.onnx.export(_Call(model, list(names), fixed).eval(), tuple(tensors), str(raw), input_names=list(names),
+                          output_names=["out"], opset_version=OPSET, dynamo=False)
+        check()
+        graph = onnx.load(str(raw))
+    check()
+    return save_model(graph, folder / GRAPH)

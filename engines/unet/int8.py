@@ -97,3 +97,22 @@ def quantize_int8(src_graph, dst_folder, calls, keep_float=KEEP_FLOAT, progress=
                           op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=float_nodes(model, keep_float),
                           calibrate_method=q.CalibrationMethod.MinMax, use_external_data_format=True)
     return dst
+
+
+DYNAMIC = "dynamic-matmul-s8-per-channel"
+
+
+def quantize_dynamic_int8(src_graph, dst_folder):
+    """Write dst_folder/unet.onnx: `src_graph` with INT8 weights for its MatMuls and activation
+    scales computed per call (no calibration). For transformers: nearly all their work is
+    MatMuls whose activations' ranges move with the token content, which a static range misses."""
+    require()
+    from onnxruntime import quantization as q
+    with tempfile.TemporaryDirectory(dir=dst_folder) as tmp:
+        pre = pathlib.Path(tmp) / "pre.onnx"
+        q.quant_pre_process(str(src_graph), str(pre), skip_symbolic_shape=True,
+                            save_as_external_data=True, all_tensors_to_one_file=True)
+        dst = pathlib.Path(dst_folder) / GRAPH
+        q.quantize_dynamic(str(pre), str(dst), op_types_to_quantize=["MatMul"], per_channel=True,
+                           weight_type=q.QuantType.QInt8, use_external_data_format=True)
+    return dst

@@ -52,7 +52,8 @@ def to_fp16(src, dst):
 
 class OrtUNet:
     """A UNet artifact run by ONNX Runtime: call(x, timesteps, context, y=None) -> torch tensor
-    on x's device, in float32 like ComfyUI's UNet output after `.float()`."""
+    on x's device, in float32 like ComfyUI's UNet output after `.float()`; a transformer's
+    graph (inputs named after its forward's arguments) through run()."""
 
     def __init__(self, graph_path, device="cpu", threads=0):
         ort = require()
@@ -66,8 +67,12 @@ class OrtUNet:
         self.nbytes = artifact_bytes(pathlib.Path(graph_path).parent)
 
     def __call__(self, x, timesteps, context, y=None):
-        feed = {"x": x, "timesteps": timesteps, "context": context, "y": y}
-        feed = {k: feed[k].detach().float().contiguous() for k in self.inputs}
+        return self.run({"x": x, "timesteps": timesteps, "context": context, "y": y}, x)
+
+    def run(self, inputs, x):
+        """The graph on `inputs` (name -> tensor; the graph's inputs are taken, in float32);
+        the output is shaped like x with the graph's output channels."""
+        feed = {k: inputs[k].detach().float().contiguous() for k in self.inputs}
         if self.device.type == "cpu":
             out = self.session.run(["out"], {k: v.cpu().numpy() for k, v in feed.items()})[0]
             return torch.from_numpy(out).to(x.device)
