@@ -6,6 +6,7 @@ Everything goes through SprintAccelerateUNet's own code: the INT8 engine is cali
 ordinary sampling run of the model (euler, CFG), then measured on the UNet inputs of another
 run with a different seed and prompt (held out), and by that run's final latent.
 """
+import functools
 import statistics
 
 import torch
@@ -27,7 +28,54 @@ def configure(parser):
     parser.add_argument("--torch-only", action="store_true",
                         help="only the torch backend vs eager PyTorch per UNet call, on the device ComfyUI runs the "
                              "model on (--gpu: CUDA graphs, ComfyUI's fp16/bf16), batch 2")
+    parser.add_argument("--family", choices=TRANSFORMERS,
+                        help="a transformer family instead of the SD1.5 UNet: its random-weight build (Qwen-Image: one "
+                             "block at the real width), PyTorch FP32 vs ORT FP32 / FP16 / INT8 (dynamic MatMuls) per call")
     parser.set_defaults(func=command)
+
+
+TRANSFORMERS = ("Flux", "QwenImage", "HiDream")       # the families whose engines export (test_families)
+
+
+@torch.no_grad()
+def transformer_command(family, side, rounds, steps=2):
+    """Per-call error and time of each ORT precision vs PyTorch FP32 on one transformer call,
+    the one a sampling run through SprintAccelerateUNet traced its engine from."""
+    model = synthetic.bench_family_model(family, seed=0)
+    conds = [synthetic.bench_family_conditioning(family, seed=s) for s in (1, 2)]
+    latent = synthetic.family_latent(family, side, side)["samples"]
+    profile = acc.profile_from(max_batch=2, min_size=64, max_size=side * 8, max_tokens=77)
+    params = sum(p.numel() for p in model.model.diffusion_model.parameters())
+    print(f"{family} random weights ({params / 1e6:.1f} M parameters), latent {tuple(latent.shape)}, batch 2 (cond + uncond), "
+          f"CPU threads {torch.get_num_threads()}")
+    engines, call = {}, None
+    for precision in ("fp32", "fp16", "int8"):
+        fast, slot = acc.accelerate(model, "onnxruntime", precision, profile)
+        seconds, _ = timed(lambda: _sample_latent(fast, conds, latent, steps, seed=1))
+        if slot.runtime is None:
+            print(f"  ORT {precision}: no engine ({'; '.join(sorted(slot.reasons))})")
+            continue
+        engines[f"ORT {precision.upper()}"], call = slot.runtime, (slot.call_inputs, slot.call_fixed)
+        print(f"  ORT {precision}: built and sampled {steps} steps in {seconds:.0f} s, {slot.runtime.nbytes / 2**20:.1f} MiB")
+    tensors, fixed = call
+    unet = model.model.diffusion_model
+    x = next(iter(tensors.values()))
+    runs = {"PyTorch FP32": lambda i: unet(**fixed, **tensors, transformer_options=acc.TRACE_OPTIONS)}
+    reference = runs["PyTorch FP32"](0).float()
+    runs.update({name: functools.partial(lambda e, i: e.run(tensors, x), e) for name, e in engines.items()})
+    med = side_by_side(runs, rounds, warmup=True)
+    print(f"per call, median of {rounds} interleaved rounds; relative error vs PyTorch FP32:")
+    for name, m in med.items():
+        error = relative_error(runs[name](0).float(), reference)
+        print(f"  {name:13s} {m * 1e3:9.2f} ms  {med['PyTorch FP32'] / m:5.2f}x  error {error:.2e}")
+    return 0
+
+
+def _sample_latent(model, conds, latent, steps, seed):
+    import comfy.sample
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(model, noise, steps, 4.0, "euler", "simple", conds[0], conds[1], latent,
+                               disable_pbar=True, seed=seed)
 
 
 def _sample(model, conds, side, steps, seed):
@@ -78,6 +126,8 @@ def torch_vs_eager(model, context_dim, side, rounds, batch=2):
 
 @torch.no_grad()
 def command(host, args):
+    if args.family:
+        return transformer_command(args.family, args.latent, args.rounds)
     model = synthetic.sd15_model(args.unet, seed=0)
     context_dim = synthetic.UNET_SIZES[args.unet][3]
     side = args.latent

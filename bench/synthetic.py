@@ -153,6 +153,11 @@ def bench_family_model(family, seed=0):
     return family_model(family, seed, **BENCH_WIDTHS.get(family, {}))
 
 
+def bench_family_conditioning(family, seed=0):
+    """family_conditioning at the width of bench_family_model's text input."""
+    return family_conditioning(family, seed, width=BENCH_WIDTHS.get(family, {}).get("joint_attention_dim"))
+
+
 def family_latent(family, height=16, width=16, frames=1, batch=1):
     """An empty LATENT of the shape the family samples in (5-D [B, C, T, H, W] for Wan and
     Qwen-Image, as their EmptyLatent nodes make it)."""

@@ -82,8 +82,7 @@ def measure(args):
     if args.family == "SD15":
         model, cond = synthetic.sd15_model(args.model, seed=0), None
     else:
-        width = synthetic.BENCH_WIDTHS.get(args.family, {}).get("joint_attention_dim")
-        model, cond = synthetic.bench_family_model(args.family), synthetic.family_conditioning(args.family, width=width)
+        model, cond = synthetic.bench_family_model(args.family), synthetic.bench_family_conditioning(args.family)
     if mode == "tiled":
         model = tiled_diffusion.apply_tiling(model, tiled_diffusion.TiledConfig.from_pixels(args.tile, args.tile, args.overlap))
     cond = cond or conditioning(model)
