@@ -130,10 +130,13 @@ FAMILIES = {
 }
 
 
-# One block at the real width (Qwen-Image: 24 heads x 128, 3584-wide text) for memory benches: a
+# One block at the real width (Qwen-Image: 24 heads x 128, 3584-wide text; Flux: one double and one
+# single block, 3072 wide, T5-XXL text) for memory and speed benches: a
 # model evaluation's peak is one block's activations, the same in block 1 as in block 60.
 BENCH_WIDTHS = {"QwenImage": {"attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 3584,
-                              "axes_dims_rope": (16, 56, 56)}}
+                              "axes_dims_rope": (16, 56, 56)},
+                "Flux": {"hidden_size": 3072, "num_heads": 24, "mlp_ratio": 4.0, "context_in_dim": 4096,
+                         "vec_in_dim": 768, "axes_dim": [16, 56, 56]}}
 
 
 def family_model(family, seed=0, **overrides):
@@ -155,7 +158,7 @@ def bench_family_model(family, seed=0):
 
 def bench_family_conditioning(family, seed=0):
     """family_conditioning at the width of bench_family_model's text input."""
-    return family_conditioning(family, seed, width=BENCH_WIDTHS.get(family, {}).get("joint_attention_dim"))
+    return family_conditioning(family, seed, overrides=BENCH_WIDTHS.get(family))
 
 
 def family_latent(family, height=16, width=16, frames=1, batch=1):
@@ -167,14 +170,16 @@ def family_latent(family, height=16, width=16, frames=1, batch=1):
     return {"samples": torch.zeros(batch, channels, height, width)}
 
 
-def family_conditioning(family, seed=0, tokens=None, width=None):
+def family_conditioning(family, seed=0, tokens=None, width=None, overrides=None):
     """A CONDITIONING shaped like the family's text encoder output: context of the model's width
     plus the extra keys ComfyUI's encoders add (pooled vectors, Llama hidden states, masks).
-    Tokens: CLIP's 77 for the UNet families, a short 8 for the LLM/T5 ones (any length works)."""
+    Tokens: CLIP's 77 for the UNet families, a short 8 for the LLM/T5 ones (any length works).
+    overrides: the model's unet_config overrides (family_model's), for the widths they change."""
     g = torch.Generator().manual_seed(seed)
     tokens = tokens or (77 if "context_dim" in FAMILIES[family][1] else 8)
     name, config, _ = FAMILIES[family]
-    width = width or config.get("context_dim") or 64       # every tiny DiT reads 64-wide text
+    config = dict(config, **(overrides or {}))
+    width = width or config.get("context_dim") or config.get("joint_attention_dim") or config.get("context_in_dim") or 64
     extra = {}
     if family == "SDXL":
         extra["pooled_output"] = torch.randn(1, 1280, generator=g)

@@ -42,7 +42,8 @@ def configure(parser):
                         help="memory/time table: the model family (SD15 uses --model; the others one block at the "
                              "family's real width, synthetic.bench_family_model); latents in the family's shape")
     parser.add_argument("--sizes", default="64,128,256", help="latent sides for the memory/time table")
-    parser.add_argument("--tile", type=int, default=1024, help="tile size in pixels (SprintTiledDiffusion's default)")
+    parser.add_argument("--tile", type=int, default=0,
+                        help="tile size in pixels (0: SprintTiledDiffusion's auto default for the family)")
     parser.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (the node's default)")
     parser.add_argument("--attention", choices=("pytorch", "sub-quad"), default="pytorch",
                         help="ComfyUI attention: PyTorch SDPA (GPU default; memory linear in tokens) or "
@@ -190,6 +191,8 @@ def print_two_stage(args):
 
 
 def command(host, args):
+    if not args.tile:      # the node's auto size: the UNet families are the ones built with a context_dim
+        args.tile = tiled_diffusion.AUTO_TILE["unet" if "context_dim" in synthetic.FAMILIES[args.family][1] else "transformer"]
     if args.measure:
         return measure(args)
     import platform

@@ -22,7 +22,6 @@ import logging
 import torch
 
 import comfy.ldm.modules.attention
-from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.patcher_extension
@@ -104,7 +103,7 @@ class Slot:
         self.run_reason = self.key = self.base_key = None
         self.run_calls = 0
         self.family = type(patcher.model.model_config).__name__
-        self.transformer = not isinstance(patcher.model.diffusion_model, UNetModel)
+        self.transformer = not common.is_unet(patcher)
         if self.transformer:
             # traced per call signature (see transformer_call); the profile bounds what is built
             self.arch, multiple = {"in_channels": None, "context_dim": None, "y_dim": None}, 1

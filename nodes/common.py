@@ -6,6 +6,7 @@ import os
 
 import comfy.model_management
 import comfy.utils
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 import folder_paths
 from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
@@ -43,6 +44,11 @@ def model_folder(name):
     if name not in folder_paths.folder_names_and_paths:
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
     return folder_paths.get_folder_paths(name)[0]
+
+
+def is_unet(model):
+    """Whether a MODEL's diffusion model is an SD-style UNet (SD1.x, SD2.x, SDXL), not a transformer."""
+    return isinstance(model.model.diffusion_model, UNetModel)
 
 
 def check_inputs(cls, values):

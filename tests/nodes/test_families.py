@@ -196,3 +196,74 @@ def test_light_vae_decode_picks_the_families_decoder(host, synthetic, models, fa
     images = latent.shape[0] * (1 + 4 * (latent.shape[2] - 1) if latent.ndim == 5 else 1)
     assert image.shape == (images, side, side, 3) and torch.isfinite(image).all()
     assert any(LIGHT_VAE[family] in r.getMessage() for r in caplog.records if r.name == "sprint"), caplog.records
+
+
+def _image_ids(ids, tokens, grid, tile, p):
+    """Text ids + the ids of `tile`'s patches, out of a whole latent's rotary ids [N, 3]."""
+    rows, cols = grid
+    image = ids[tokens:].reshape(rows, cols, 3)[tile.y // p:(tile.y + tile.h) // p, tile.x // p:(tile.x + tile.w) // p]
+    return torch.cat([ids[:tokens], image.reshape(-1, 3)])
+
+
+@pytest.mark.parametrize("family", ["Flux", "QwenImage"])
+def test_tiles_see_their_true_rotary_positions(host, synthetic, models, family):
+    """Tiled through the node, every tile's rotary ids (text and image, what the model's
+    pe_embedder gets) are the whole image's ids of that tile shifted by one constant: rotary
+    attention depends on id differences only, so each tile attends as it would inside the image."""
+    model, seen = models(family), []
+    hook = model.model.diffusion_model.pe_embedder.register_forward_pre_hook(lambda m, a: seen.append(a[0][0].clone()))
+    try:
+        outputs = {}
+        for tiled in (False, True):
+            g = graph()
+            m, pos, _, latent = setup(synthetic, g, model, family, side=40)
+            if tiled:
+                m = g.node("SprintTiledDiffusion", model=m, method="Mixture of Diffusers", tile_width=192,
+                           tile_height=192, overlap=32, margin=0, tile_batch_size=1).out(0)
+            seen.clear()
+            run_latent(host, g, g.node("KSampler", model=m, positive=pos, negative=pos, latent_image=latent, seed=3,
+                                       steps=1, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0))
+            outputs[tiled] = list(seen)
+    finally:
+        hook.remove()
+    tiling = host.pack.nodes.tiled_diffusion
+    plan = tiling.TiledConfig.from_pixels(192, 192, 32).plan(40, 40, tiling.patch_align(model.model.diffusion_model))
+    (whole,), tiles = outputs[False], outputs[True]
+    assert len(tiles) == len(plan.tiles) == 4
+    p, tokens = 2, 8
+    for tile, ids in zip(plan.tiles, tiles):
+        offset = ids - _image_ids(whole, tokens, (20, 20), tile, p)
+        assert torch.equal(offset, offset[:1].expand_as(offset)), (tile, offset.unique(dim=0))
+    assert any(not torch.equal(a, tiles[0]) for a in tiles[1:])      # tiles do not all restart at 0
+
+
+def test_sd3_tiles_take_their_crop_of_the_whole_position_embedding(host, models):
+    """SD3 adds absolute position embeddings: inside a tile's call the model's cropped_pos_embed
+    gives that tile's crop of the whole latent's table, not a centred table of the tile's size."""
+    tiling = host.pack.nodes.tiled_diffusion
+    dm = models("SD3").model.diffusion_model
+    whole = dm.cropped_pos_embed((40, 40)).reshape(20, 20, -1)
+    tile = tiling.tiling.Tile(index=1, y=16, x=8, h=24, w=24)
+    with tiling.true_positions(dm, (40, 40))(tile):
+        inside = dm.cropped_pos_embed((24, 24)).reshape(12, 12, -1)
+    assert torch.equal(inside, whole[8:20, 4:16])
+    assert not torch.equal(inside, dm.cropped_pos_embed((24, 24)).reshape(12, 12, -1))
+
+
+@pytest.mark.parametrize("family", ["SD15", "QwenImage"])
+def test_tiled_diffusion_default_tile_follows_the_family(host, synthetic, models, family, model_calls):
+    """Default settings (tile 0 = auto) on a 1024 px latent: a UNet runs it in one 1024 px tile
+    (untiled), a transformer in 512 px tiles (its memory follows the tile's tokens)."""
+    calls = model_calls(models(family))
+    g = graph()
+    m, pos, _, latent = setup(synthetic, g, models(family), family, side=128)
+    defaults = {i.id: i.default for i in host.pack.nodes.tiled_diffusion.SprintTiledDiffusion.define_schema().inputs
+                if i.id != "model"}
+    tiled = g.node("SprintTiledDiffusion", model=m, **defaults)
+    run_latent(host, g, g.node("KSampler", model=tiled.out(0), positive=pos, negative=pos, latent_image=latent, seed=3,
+                               steps=1, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0))
+    sides = {tuple(s[-2:]) for s in calls.shapes}
+    if family == "SD15":
+        assert sides == {(128, 128)} and len(calls.shapes) == 1
+    else:
+        assert len(calls.shapes) == 9 and all(max(s) <= 64 for s in sides), calls.shapes
