@@ -2,6 +2,13 @@
 INT8) or TensorRT, building the engine on first use and reusing it from the Sprint models folder,
 or through torch.compile (CUDA-graph replay on NVIDIA GPUs), compiled in memory per process.
 
+Transformer families take their own forward signature (Flux: y, guidance; Qwen-Image: 5-D x;
+HiDream: Llama states...): the call's tensor arguments become the graph's inputs by name, the
+rest (None, counts) are fixed and part of the key with the shapes, since the tracer freezes the
+position tables and patching of one shape. Each new engine is compared with PyTorch on its first
+call; a graph that does not reproduce the model (Wan: NaN) or will not run (Lumina 2) sends the
+family to PyTorch with that reason, once.
+
 Hook: a keyed DIFFUSION_MODEL wrapper, i.e. exactly where the UNet's forward(x, timesteps,
 context, y, control, transformer_options) runs, below ComfyUI's input scaling, CFG and every
 sampler, so those keep working unchanged. Each call the engine cannot reproduce (ControlNet
@@ -419,7 +426,10 @@ class SprintAccelerateUNet(io.ComfyNode):
             description="Runs the UNet on ONNX Runtime (FP32/FP16/INT8), TensorRT or torch.compile. Builds the engine on the first "
                         "sampling run (progress bar) into models/sprint_engines and reuses it. Changing the weights "
                         "(LoRA, merges) builds a new engine. ControlNet, attention/block patches and sizes outside "
-                        "the profile run in PyTorch with the reason logged once: never a failure.",
+                        "the profile run in PyTorch with the reason logged once: never a failure. Transformers "
+                        "(Flux, Qwen-Image, HiDream) get ONNX Runtime engines traced from their own forward, one per "
+                        "input shape, checked against PyTorch on their first call; SD3, Lumina 2 and Wan run PyTorch, "
+                        "the reason said once.",
             inputs=[io.Model.Input("model", tooltip=MODEL_TIP), *engine_inputs()],
             outputs=[io.Model.Output(tooltip="The same model, its UNet calls running on the engine.")])
 

@@ -46,7 +46,7 @@ METHODS = {"Mixture of Diffusers": "gaussian", "MultiDiffusion": "uniform"}
 # tile side in pixels when the node's tile size is 0 (auto). A transformer attends over every patch
 # of its input in every block, so one evaluation's memory follows the tile's token count: a tile
 # as large as the image saves nothing (Qwen-Image, 1024 px image: peak 95.9 % of untiled in
-# 1024 px tiles, 23.5 % in 512 px ones; bench-tiling). A UNet attends at full resolution in its
+# 1024 px tiles, 24.4 % in 512 px ones; bench-tiling). A UNet attends at full resolution in its
 # first blocks only, and SDXL-class UNets were trained at 1024 px.
 AUTO_TILE = {"unet": 1024, "transformer": 512}
 RUNS = {}          # run id -> TileControls, alive while a sampling run lasts

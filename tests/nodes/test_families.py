@@ -167,6 +167,22 @@ def test_accelerate_ort_fp32(host, synthetic, models, family, caplog):
         assert REFUSAL[family] in warnings[0], warnings
 
 
+@pytest.mark.parametrize("family", ["Flux", "QwenImage"])
+def test_accelerate_transformer_int8_needs_no_calibration_run(host, synthetic, models, family, caplog):
+    """Transformers quantize dynamically (INT8 MatMul weights, per-call activation scales): the
+    first run already samples on the engine, with no PyTorch fallback (the node checks the
+    engine against PyTorch on its first call and would say so)."""
+    g = graph()
+    m, pos, neg, latent = setup(synthetic, g, models(family), family, side=32)
+    fast = g.node("SprintAccelerateUNet", model=m, backend="onnxruntime", precision="int8", max_batch=2,
+                  min_size=256, max_size=256, max_tokens=77)
+    with caplog.at_level(logging.WARNING, logger="sprint"), harness.captured_events() as events:
+        run_latent(host, g, ksampler(g, fast.out(0), pos, neg, latent))
+    ready = [d for e, d in events if e == "sprint.engine" and d.get("status") == "ready"]
+    assert ready and ready[0]["precision"] == "int8", events
+    assert not [r for r in caplog.records if r.name == "sprint" and r.levelno >= logging.WARNING]
+
+
 @pytest.fixture(scope="module")
 def light_decoders(host, synthetic):
     """Random-weight decoders of every variant the families need, in models/vae_approx."""
