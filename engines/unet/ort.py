@@ -47,10 +47,7 @@ def to_fp16(src, dst):
     need not know; returns dst."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
-    model = onnx.load(str(src))
-    # its shape inference serializes the graph, weights included: impossible past protobuf's 2 GB
-    large = model.ByteSize() >= 2**31
-    return save_model(convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=large), dst)
+    return save_model(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), dst)
 
 
 class OrtUNet:
