@@ -1,150 +1,264 @@
-"""`bench`, the README's main job: ComfyUI's stock txt2img vs Sprint's bundled fast and quality
-workflows on one model, seed and prompt.
+"""`bench`, the README's main job: ComfyUI's stock txt2img vs Sprint fast vs Sprint quality.
 
-Stock is ComfyUI's default graph (KSampler euler/normal, 20 steps, cfg 8, full VAE decode); fast
-and quality are example_workflows/api/sprint_*.json as shipped (their own steps and presets), given the same
-checkpoint, size, seed and prompt. Per pipeline: end-to-end wall time (rounds A B C A B C ...,
-medians; every round a new seed), UNet calls and batch rows, peak memory, and the error of its final
-latent against a fine-step reference of the same pipeline (same model, guidance schedule, seed and
-noise; only the sampling made fine: dpmpp_2m with --ref-steps steps).
+Default: on the trained dev EPS model (bench/dev.py; `--model flow`: the dev MMDiT), in minutes on
+a CPU. The pipelines are the shipped graphs' sampling and guidance run through their own nodes,
+in-process on dev.model_patcher (the 32-channel dev UNet does not load through
+CheckpointLoaderSimple): stock = the stock graph's KSampler (euler/normal, 20 steps); fast and
+quality = example_workflows/api/sprint_*.json's SprintDynamicCFG and SprintKSampler settings
+(preset, steps, scheduler), each with its graph's cfg (8 in all three, which suits the dev model
+too; --cfg overrides), the same prompts (every class against the empty prompt) and the same noise;
+all decode through VAEDecode with the dev codec. Left out, and said so: quality's 2x two-stage upscale (the
+dev model knows one size) and fast's light VAE (the codec is already exact and instant).
 
-What is cached between runs is what ComfyUI itself keeps: the loaded checkpoint (the same loader
-inputs in every pipeline) stays; the executor drops the outputs the next prompt does not share, so
-every run re-encodes its prompts as after switching workflows, which Sprint's prompt cache answers.
+Per pipeline: end-to-end wall time (patch + sample + decode of the whole batch; rounds A B C A B C
+..., each with a new seed; medians), UNet calls and evaluated rows, and quality: mini-FID of the
+images of all rounds against held-out real images, class accuracy, both with their bootstrap
+noise over the seeds, and RMSE against a fine solve of the pipeline's own guided ODE from round 1's
+noise (a subset of rows). `--full`: the full-size measurement (bench/main_job_full.py).
 """
-import copy
-import json
 import statistics
+import time
 
-from ..engines.evaluation import rmse
-from .host import WORKFLOWS
-from .meters import ModelCalls, PeakMemory, device_name, timed
-from .run import NEGATIVE, POSITIVE, provide_checkpoint, provide_light_decoder, stock_txt2img, with_checkpoint, with_seed
+import torch
 
-PIPELINES = ("stock", "fast", "quality")
-SAMPLERS = ("KSampler", "SprintKSampler")
-DECODERS = ("VAEDecode", "SprintLightVAEDecode")
+from ..engines import evaluation, metrics
+from . import dev, main_job_full
+from .main_job_full import PIPELINES, SAMPLERS, graph
+from .meters import ModelCalls, device_name, timed
+from .quality import Setup, reference_sampler
+
+FULL_ONLY = ("ckpt", "light_decoder", "size")
+NOISE_SIGMAS = 2            # a difference counts as worse when it exceeds this many bootstrap stds
 
 
 def configure(parser):
-    """`bench`: stock txt2img vs Sprint fast vs Sprint quality, side by side."""
-    parser.add_argument("--ckpt", help="checkpoint file (default: a full SD1.5-architecture model with random weights, "
-                                       "written once and said so)")
-    parser.add_argument("--light-decoder", help="taesd decoder file for the fast workflow's light VAE "
+    """`bench`: stock txt2img vs Sprint fast vs Sprint quality, side by side (trained dev model; --full: SD1.5 size)."""
+    parser.add_argument("--full", action="store_true", help="the full-size measurement: an SD1.5-architecture "
+                        "checkpoint (default: random weights, 2.1 GB written once) through the real executor")
+    parser.add_argument("--ckpt", help="--full: checkpoint file (default: a full SD1.5-architecture model with random "
+                                       "weights, written once and said so)")
+    parser.add_argument("--light-decoder", help="--full: taesd decoder file for the fast workflow's light VAE "
                                                 "(default: random weights, same architecture)")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (quality upscales it 2x)")
+    parser.add_argument("--size", type=int, help="--full: image side in pixels (default 256; quality upscales it 2x)")
     parser.add_argument("--steps", type=int, help="override every pipeline's steps (default: stock 20, the workflows "
                                                   "as shipped)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed rounds (after one untimed warm-up round)")
-    parser.add_argument("--ref-steps", type=int, default=60, help="steps of the fine dpmpp_2m reference runs")
+    parser.add_argument("--repeat", type=int, default=3, help="timed rounds (--full: after one untimed warm-up round)")
+    parser.add_argument("--ref-steps", type=int, help="steps of the fine reference solves (default: 100 of a "
+                                                      "3rd-order multistep; --full: 60 of dpmpp_2m)")
     parser.add_argument("--pipelines", default=",".join(PIPELINES), help="which of stock,fast,quality to run")
+    parser.add_argument("--model", choices=tuple(dev.BLOCK), default="eps", help="trained dev model (default eps)")
+    parser.add_argument("--seeds", type=int, default=32, help="seeds per class and round (a batch of seeds x 4 classes)")
+    parser.add_argument("--ref-seeds", type=int, default=8, help="seeds per class of round 1 solved finely for RMSE")
+    parser.add_argument("--cfg", type=float, help="guidance scale of every pipeline (default: each graph's own, 8)")
     parser.set_defaults(func=command)
 
 
-def load_pipeline(name, ckpt_name, size, steps=None):
-    """The API prompt of a pipeline with the bench's checkpoint, size and prompt (and steps, if given)."""
-    if name == "stock":
-        return stock_txt2img(ckpt_name, size, size, steps or 20, positive=POSITIVE, negative=NEGATIVE)
-    prompt = with_checkpoint(json.loads((WORKFLOWS / "api" / f"sprint_{name}.json").read_text()), ckpt_name)
-    texts = iter((POSITIVE, NEGATIVE))
-    for node in prompt.values():
-        inputs = node["inputs"]
-        if node["class_type"] == "EmptyLatentImage":
-            inputs["width"] = inputs["height"] = size
-        elif node["class_type"] in ("CLIPTextEncode", "SprintCachedTextEncode"):
-            inputs["text"] = next(texts)
-        if "steps" in inputs and steps:
-            inputs["steps"] = steps
-    return prompt
-
-
-def reference(prompt, steps):
-    """The same pipeline with fine sampling: every sampler becomes dpmpp_2m over `steps` steps of its
-    own scheduler (same model patches, cfg, seed, denoise); two-stage refines with dpmpp_2m over the
-    tail of a `steps`-step schedule."""
-    prompt = copy.deepcopy(prompt)
-    for node_id, node in list(prompt.items()):
-        inputs = node["inputs"]
-        if node["class_type"] in SAMPLERS:
-            node["class_type"] = "KSampler"
-            node["inputs"] = {k: inputs[k] for k in ("model", "positive", "negative", "latent_image", "seed", "cfg",
-                                                     "scheduler", "denoise")}
-            node["inputs"].update(steps=steps, sampler_name="dpmpp_2m")
-        elif node["class_type"] == "SprintTwoStageUpscale":
-            prompt[f"{node_id}.ref_sampler"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "dpmpp_2m"}}
-            inputs.update(steps=steps, sampler=[f"{node_id}.ref_sampler", 0])
-    return prompt
-
-
-def final_latent(prompt):
-    """(node id, output slot) of the latent the pipeline decodes."""
-    return next(node["inputs"]["samples"] for node in prompt.values() if node["class_type"] in DECODERS)
-
-
-def latent_rmse(a, b):
-    return rmse(a.reshape(1, -1), b.reshape(1, -1)).item()
-
-
 def command(host, args):
-    import comfy.model_management
-    ckpt_name = provide_checkpoint(args.ckpt)
-    provide_light_decoder(args.light_decoder)
-    names = [n for n in args.pipelines.split(",") if n]
-    if unknown := set(names) - set(PIPELINES):
-        raise SystemExit(f"unknown pipelines {sorted(unknown)}; choose from {', '.join(PIPELINES)}")
-    prompts = {n: load_pipeline(n, ckpt_name, args.size, args.steps) for n in names}
-    device = comfy.model_management.get_torch_device()
-    cuda = getattr(device, "type", "cpu") == "cuda"
-    print(f"ComfyUI {host.comfy_path} | device {device_name(device)} | checkpoint {ckpt_name}"
-          + ("" if args.ckpt else " (SD1.5 architecture, random weights: times and calls are real, images are noise)"))
-    budgets = {n: [v["inputs"]["steps"] for v in p.values() if "steps" in v["inputs"]] for n, p in prompts.items()}
-    print(f"{args.size}x{args.size} px, prompt {POSITIVE!r}, steps {budgets}; quality upscales to 2x; "
-          f"{args.repeat} timed round(s) after a warm-up, medians")
+    if args.full:
+        args.size, args.ref_steps = args.size or 256, args.ref_steps or 60
+        return main_job_full.command(host, args)
+    if given := [f"--{a.replace('_', '-')}" for a in FULL_ONLY if getattr(args, a) is not None]:
+        raise SystemExit(f"{', '.join(given)}: only with --full (the default runs the trained dev model)")
+    args.ref_steps = args.ref_steps or 100
+    return DevBench(host, args).run()
 
-    warm = host.run(with_seed(prompts[names[0]], 10**6))         # loads the checkpoint, untimed
-    loader = next(k for k, v in prompts[names[0]].items() if v["class_type"] == "CheckpointLoaderSimple")
-    # the loader's MODEL stays in the executor's cache (same inputs) for every later prompt
-    loaded = warm.output(loader, 0).model
-    print(f"UNet dtype {loaded.get_dtype()} (ComfyUI's choice for this device)")
-    counter = ModelCalls(loaded.diffusion_model).__enter__()
-    stats = {n: {"time": [], "calls": [], "rows": [], "peak": [], "reserved": []} for n in names}
-    latents = {}
-    for round_ in range(args.repeat + 1):                       # round 0: warm-up, and the latents scored
-        for name in names:
-            prompt = with_seed(prompts[name], round_)
-            counter.take()
-            with PeakMemory(cuda) as memory:
-                seconds, result = timed(lambda: host.run(prompt))
-            calls, rows = counter.take()
-            if round_ == 0:
-                node, slot = final_latent(prompt)
-                latents[name] = result.output(node, slot)["samples"]
+
+class Pipeline:
+    """One pipeline's sampling and guidance as its graph ships them: (dynamic CFG settings or None,
+    sampler node type, its widget inputs)."""
+
+    def __init__(self, name, steps=None, cfg=None):
+        inputs = {node["class_type"]: {k: v for k, v in node["inputs"].items() if not isinstance(v, list)}
+                  for node in graph(name).values()}
+        self.name, self.guidance = name, inputs.get("SprintDynamicCFG")
+        self.sampler = next(t for t in SAMPLERS if t in inputs)
+        self.inputs = dict(inputs[self.sampler], **({"steps": steps} if steps else {}), **({"cfg": cfg} if cfg is not None else {}))
+        self.upscaled = "SprintTwoStageUpscale" in inputs
+
+    def describe(self):
+        s = self.inputs
+        how = (f"{s['sampler_name']}/{s['scheduler']}" if self.sampler == "KSampler" else f"{s['preset']} preset, {s['scheduler']}")
+        cfg_text = (f"SprintDynamicCFG {self.guidance['schedule']} ({self.guidance['sigma_low']:g}, "
+                    f"{self.guidance['sigma_high']:g}]" if self.guidance else "plain CFG")
+        return f"{self.sampler} {how}, {s['steps']} steps, cfg {s['cfg']:g}, {cfg_text}"
+
+    def model(self, model):
+        """The MODEL the sampler gets: patched by SprintDynamicCFG if the graph has it."""
+        from ..nodes.dynamic_cfg import SprintDynamicCFG
+        return SprintDynamicCFG.execute(model, **self.guidance).args[0] if self.guidance else model
+
+    def __call__(self, model, positive, negative, latent, seed, vae):
+        """(LATENT samples, IMAGE) end to end through the nodes, as the executor would run them."""
+        import nodes
+        from ..nodes.sampler import SprintKSampler
+        inputs = dict(self.inputs, seed=seed)
+        with torch.inference_mode():
+            patched = self.model(model)
+            if self.sampler == "KSampler":
+                samples = nodes.KSampler().sample(patched, positive=positive, negative=negative, latent_image=latent,
+                                                  **inputs)[0]
+            else:
+                samples = SprintKSampler.execute(patched, positive=positive, negative=negative, latent_image=latent,
+                                                 **inputs).args[0]
+            return samples["samples"], nodes.VAEDecode().decode(vae, samples)[0]
+
+
+class DevBench:
+    """The default main job: stock vs fast vs quality on a trained dev model."""
+
+    def __init__(self, host, args):
+        import comfy.utils
+        comfy.utils.PROGRESS_BAR_ENABLED = False          # one progress line per pipeline instead
+        self.host, self.args = host, args
+        self.names = [n for n in args.pipelines.split(",") if n]
+        if unknown := set(self.names) - set(PIPELINES):
+            raise SystemExit(f"unknown pipelines {sorted(unknown)}; choose from {', '.join(PIPELINES)}")
+        self.pipelines = {n: Pipeline(n, args.steps, args.cfg) for n in self.names}
+        self.setup = Setup(args.model, args.seeds, None, noise_seed=0)    # cfg: each pipeline's own
+        self.vae = dev.comfy_vae(args.model, dev.metadata(args.model)["gain"])
+        self.rows = len(self.setup.labels)
+        self.latent = {"samples": torch.zeros_like(self.setup.noise)}
+        self.seconds_per_row, self.rows_done = 0.0, 0
+
+    def progress(self, done_rows, left_rows, seconds):
+        """Seconds left, from the seconds per evaluated row so far."""
+        self.seconds_per_row = (self.seconds_per_row * self.rows_done + seconds) / (self.rows_done + done_rows)
+        self.rows_done += done_rows
+        return self.seconds_per_row * left_rows
+
+    def run(self):
+        args, setup, began = self.args, self.setup, time.perf_counter()
+        model = setup.model
+        device = model.load_device
+        print(f"main job on the trained dev {args.model.upper()} model ({type(model.model).__name__}, "
+              f"bench/dev_models; {dev.SIZE}x{dev.SIZE} px, {len(dev.CLASSES)} classes {dev.CLASSES}) | device "
+              f"{device_name(device)}", flush=True)
+        print(f"{args.seeds} seeds x {len(dev.CLASSES)} classes per round (one batch), {args.repeat} timed round(s), "
+              f"medians; each class prompt against the empty prompt; the same noise in every pipeline", flush=True)
+        for name, p in self.pipelines.items():
+            source = "ComfyUI's stock txt2img graph" if name == "stock" else f"example_workflows/api/sprint_{name}.json"
+            left_out = "; its 2x two-stage upscale left out (the dev model knows one size)" if p.upscaled else ""
+            print(f"  {name:<8} {source}: {p.describe()}{left_out}")
+        print("  all decode with VAEDecode on the dev codec (exact block DCT; fast's light VAE has no dev variant)")
+
+        print("held-out real images: classifier features ...", flush=True)
+        real, _ = dev.dataset("heldout", 256)
+        with torch.no_grad():
+            real_features = setup.classifier.features(real)
+
+        counter = ModelCalls(model.model.diffusion_model).__enter__()
+        warm = slice(0, len(dev.CLASSES) * args.seeds, args.seeds)        # one row per class
+        for p in self.pipelines.values():                                 # untimed: first-call costs
+            part = setup.subset(warm)
+            p(model, part.positive, part.negative, {"samples": self.latent["samples"][warm]}, 10**6, self.vae)
+        counter.take()
+
+        stats = {n: {"time": [], "calls": [], "rows": [], "latents": None, "images": []} for n in self.names}
+        expected = {n: 2 * self.pipelines[n].inputs["steps"] * self.rows for n in self.names}   # upper bound
+        ref_rows = self.ref_rows()
+        ref_work = 2 * args.ref_steps * len(ref_rows) * len({repr((p.guidance, p.inputs["cfg"])) for p in self.pipelines.values()})
+        for round_ in range(args.repeat):
+            for i, name in enumerate(self.names):
+                counter.take()
+                seconds, (latents, images) = timed(lambda: self.pipelines[name](
+                    model, setup.positive, setup.negative, self.latent, round_, self.vae))
+                calls, rows = counter.take()
+                for key, value in (("time", seconds), ("calls", calls), ("rows", rows), ("images", images)):
+                    stats[name][key].append(value)
+                if round_ == 0:
+                    stats[name]["latents"] = latents
+                    expected[name] = rows
+                left = sum(expected[n] for j, n in enumerate(self.names) if j > i) \
+                    + (args.repeat - round_ - 1) * sum(expected.values()) + ref_work
+                eta = self.progress(rows, left, seconds)
+                print(f"round {round_ + 1}/{args.repeat} {name:<8} {seconds:6.1f} s  {calls:3d} UNet calls  "
+                      f"{rows / self.rows:5.1f} evals/image  | ETA {eta:4.0f} s", flush=True)
+        counter.__exit__()
+
+        print(f"fine references: {args.ref_steps}-step 3rd-order multistep solves of each guidance's ODE, "
+              f"{len(ref_rows)} rows of round 1, ETA {self.seconds_per_row * ref_work:.0f} s ...", flush=True)
+        errors = self.errors(stats, ref_rows)
+        self.table(stats, errors, real_features, time.perf_counter() - began)
+        return 0
+
+    def ref_rows(self):
+        """Round 1's rows solved finely: the first --ref-seeds seeds of every class."""
+        seeds = min(self.args.ref_seeds, self.args.seeds)
+        return torch.cat([torch.arange(seeds) + c * self.args.seeds for c in range(len(dev.CLASSES))])
+
+    def errors(self, stats, rows):
+        """Mean RMSE (scaled latents) of each pipeline's round-1 rows against a fine solve of its own
+        guided ODE from the same noise (one solve per distinct guidance)."""
+        import comfy.sample
+        setup = self.setup
+        setup.noise = comfy.sample.prepare_noise(self.latent["samples"], 0)       # round 1's seed, as the nodes
+        refs, errors = {}, {}
+        for name, p in self.pipelines.items():
+            key = repr((p.guidance, p.inputs["cfg"]))
+            if key not in refs:
+                solve = setup.subset(rows, p.model(setup.model), p.inputs["cfg"])
+                refs[key] = solve(reference_sampler(self.args.ref_steps), 20)[0]
+            got = setup.latent_format.process_in(stats[name]["latents"][rows])
+            errors[name] = evaluation.rmse(got, refs[key]).mean().item()
+        # how fine is fine: the last guidance solved again at twice the steps, on one row per class
+        some = slice(0, len(rows), max(1, len(rows) // len(dev.CLASSES)))
+        finer = solve.subset(some)(reference_sampler(2 * self.args.ref_steps), 20)[0]
+        gap = evaluation.rmse(finer, refs[key][some]).max().item()
+        print(f"a {2 * self.args.ref_steps}-step solve differs from it by RMSE {gap:.2g} (max of {len(finer)} rows)")
+        return errors
+
+    def scores(self, gray, labels, real_features):
+        """(mini-FID, accuracy), each a function of row indices into `gray` images [N, 1, H, W]."""
+        with torch.no_grad():
+            features, logits = self.setup.classifier.features(gray), self.setup.classifier(gray)
+        return (lambda i: metrics.feature_frechet(features[i], real_features),
+                lambda i: metrics.class_accuracy(logits[i], labels[i]))
+
+    def table(self, stats, errors, real_features, seconds):
+        args, names = self.args, self.names
+        pooled = self.rows * args.repeat
+        every = torch.arange(pooled)
+        labels = self.setup.labels.repeat(args.repeat)
+        scores = {n: self.scores(dev.to_gray(torch.cat(stats[n]["images"])), labels, real_features) for n in names}
+        train, train_labels = dev.dataset("train", pooled // len(dev.CLASSES))
+        scores["real"] = self.scores(train, train_labels, real_features)
+        noise = lambda fn: metrics.bootstrap_std(fn, pooled)                     # noqa: E731
+        base = statistics.median(stats[names[0]]["time"])
+        print(f"\n== main job: {' vs '.join(names)} on the trained dev {args.model.upper()} model, "
+              f"{device_name(self.setup.model.load_device)}, {pooled} images per pipeline "
+              f"({args.repeat} rounds x {args.seeds} seeds x {len(dev.CLASSES)} classes) ==")
+        print(f"{'pipeline':<9} {'median s':>9} {'speed-up':>9} {'UNet calls':>11} {'evals/img':>10} "
+              f"{'mini-FID':>8} {'± noise':<7} {'accuracy':>8} {'± noise':<7} {'RMSE vs fine':>13}")
+        for name in (*names, "real"):
+            fid, acc = scores[name]
+            quality = f"{fid(every):>8.4f} ± {noise(fid):<5.4f} {acc(every):>8.3f} ± {noise(acc):<5.3f}"
+            if name == "real":
+                print(f"{'real':<9} {'':>9} {'':>9} {'':>11} {'':>10} {quality} {'':>13}   "
+                      f"({len(train)} training images: the floor)")
                 continue
-            for key, value in (("time", seconds), ("calls", calls), ("rows", rows), ("peak", memory.peak),
-                               ("reserved", memory.reserved)):
-                stats[name][key].append(value)
-        if round_ > 0:
-            print(f"round {round_}: " + ", ".join(f"{n} {stats[n]['time'][-1]:.1f} s" for n in names), flush=True)
+            s = stats[name]
+            median = statistics.median(s["time"])
+            print(f"{name:<9} {median:>9.2f} {base / median:>8.2f}x {statistics.median(s['calls']):>11.0f} "
+                  f"{statistics.median(s['rows']) / self.rows:>10.1f} {quality} {errors[name]:>13.4g}")
+        print(f"speed-up vs {names[0]}, end to end (patch + sample + decode of the batch); evals/img: UNet rows per image "
+              f"(cond and uncond count apart); noise: bootstrap std over the {pooled} seeds (200 resamplings); "
+              f"RMSE: scaled latents, mean over {len(self.ref_rows())} rows of round 1 vs a {args.ref_steps}-step "
+              f"solve of the pipeline's own guided ODE; mini-FID vs {len(real_features)} held-out real images")
+        if {"stock", "fast"} <= set(names):
+            self.verdict(stats, scores, pooled)
+        print(f"whole job {seconds:.0f} s (after ComfyUI's boot)")
 
-    errors = {}
-    for name in names:
-        ref = reference(prompts[name], args.ref_steps)
-        result = host.run(with_seed(ref, 0))
-        node, slot = final_latent(ref)
-        target = result.output(node, slot)["samples"]
-        errors[name] = (latent_rmse(latents[name], target), latent_rmse(latents[name], target) / latent_rmse(target, 0 * target))
-
-    print(f"\n{'pipeline':<9} {'median s':>9} {'speed-up':>9} {'UNet calls':>11} {'rows':>6} {'peak MiB':>9} "
-          f"{'latent RMSE':>12} {'relative':>9}   (error vs the same pipeline at {args.ref_steps} dpmpp_2m steps)")
-    base = statistics.median(stats[names[0]]["time"])
-    for name in names:
-        s = stats[name]
-        median = statistics.median(s["time"])
-        print(f"{name:<9} {median:>9.2f} {base / median:>8.2f}x {statistics.median(s['calls']):>11.0f} "
-              f"{statistics.median(s['rows']):>6.0f} {max(s['peak']) / 2**20:>9.0f} {errors[name][0]:>12.4g} "
-              f"{errors[name][1]:>9.2%}")
-    print(f"speed-up relative to {names[0]}; peak memory: {PeakMemory(cuda).method}, max over rounds")
-    if cuda:
-        print("peak reserved by torch's caching allocator (torch.cuda.max_memory_reserved), MiB: "
-              + ", ".join(f"{n} {max(stats[n]['reserved']) / 2**20:.0f}" for n in names))
-    return 0
+    def verdict(self, stats, scores, pooled):
+        """Issue 16's bar: fast >= 3x faster than stock end to end at mini-FID and accuracy no worse
+        than stock's beyond NOISE_SIGMAS paired bootstrap stds."""
+        speed = statistics.median(stats["stock"]["time"]) / statistics.median(stats["fast"]["time"])
+        every = torch.arange(pooled)
+        parts = [f"speed-up {speed:.2f}x (bar >= 3x: {'met' if speed >= 3 else 'NOT met'})"]
+        for what, k, worse in (("mini-FID", 0, 1), ("accuracy", 1, -1)):
+            fast, stock = scores["fast"][k], scores["stock"][k]
+            change = fast(every) - stock(every)
+            sigma = metrics.bootstrap_std(lambda i: fast(i) - stock(i), pooled)
+            ok = worse * change <= NOISE_SIGMAS * sigma
+            parts.append(f"{what} {change:+.4f} ± {sigma:.4f} ({'met' if ok else 'NOT met'})")
+        print(f"issue 16's bar, fast vs stock (quality no worse beyond {NOISE_SIGMAS} paired-bootstrap stds): "
+              + "; ".join(parts))

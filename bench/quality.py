@@ -8,6 +8,7 @@ guided ODE from the same noise: trajectory RMSE (scaled latents), PSNR/SSIM of t
 class accuracy of the classifier on them, and the mini-FID (classifier features) against held-out
 real images. Nothing is asserted; everything is printed.
 """
+import copy
 import time
 
 import torch
@@ -73,6 +74,15 @@ class Setup:
         import comfy.samplers
         self.sigmas = lambda steps: comfy.samplers.calculate_sigmas(ms, SCHEDULE[kind], steps).cpu()
 
+    def subset(self, rows, model=None, cfg=None):
+        """The same setup on some rows only (and, if given, another MODEL, e.g. a patched one, or cfg)."""
+        part = copy.copy(self)
+        part.labels, part.noise = self.labels[rows], self.noise[rows]
+        part.positive, part.negative = ([[c[0][rows], {"pooled_output": c[1]["pooled_output"][rows]}] for c in conds]
+                                        for conds in (self.positive, self.negative))
+        part.model, part.cfg = model or self.model, self.cfg if cfg is None else cfg
+        return part
+
     def __call__(self, sampler, steps):
         """(scaled latents, model calls) of one sampler on the evaluation rows."""
         with ModelCalls(self.model.model.diffusion_model) as meter, torch.inference_mode():   # as the executor
@@ -119,10 +129,7 @@ def command(host, args):
         began = time.perf_counter()
         ref, _ = run(reference_sampler(args.ref_steps), args.budget)
         rows = slice(0, min(8, len(ref)))
-        finer = Setup(kind, args.seeds, args.cfg, args.noise_seed)
-        finer.noise, finer.positive, finer.negative = run.noise[rows], [[c[0][rows], {"pooled_output": c[1]["pooled_output"][rows]}] for c in run.positive], \
-            [[c[0][rows], {"pooled_output": c[1]["pooled_output"][rows]}] for c in run.negative]
-        check, _ = finer(reference_sampler(2 * args.ref_steps), args.budget)
+        check, _ = run.subset(rows)(reference_sampler(2 * args.ref_steps), args.budget)
         gap = evaluation.rmse(check, ref[rows]).max().item()
         ref_images = run.images(ref)
         print(f"reference: {args.ref_steps}-step 3rd-order multistep to sigma 0 ({time.perf_counter() - began:.0f} s); "

@@ -68,3 +68,12 @@ def ssim(x, ref, data_range=1.0, window=11, sigma=1.5):
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
     return s.flatten(1).mean(1)
+
+
+def bootstrap_std(statistic, rows, draws=200, seed=0):
+    """The seed-to-seed noise of a metric over `rows` sampled rows: the standard deviation of
+    statistic(indices) over `draws` resamplings of range(rows) with replacement (Efron 1979).
+    Give a difference of two metrics to get the noise of a paired comparison (same rows in both)."""
+    gen = torch.Generator().manual_seed(seed)
+    values = [statistic(torch.randint(rows, (rows,), generator=gen)) for _ in range(draws)]
+    return torch.tensor(values, dtype=torch.float64).std().item()

@@ -73,3 +73,15 @@ def test_ssim_of_a_constant_offset_is_the_luminance_term():
 def test_class_accuracy():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 5.0]])
     assert metrics.class_accuracy(logits, torch.tensor([0, 1, 1, 1])) == 0.75
+
+
+def test_bootstrap_std_of_a_mean_is_its_standard_error():
+    x = torch.randn(400, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    std = metrics.bootstrap_std(lambda i: x[i].mean().item(), len(x), draws=400)
+    assert math.isclose(std, x.std().item() / math.sqrt(len(x)), rel_tol=0.15)
+
+
+def test_bootstrap_std_of_a_paired_difference_cancels_the_shared_rows():
+    x = torch.randn(400, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert metrics.bootstrap_std(lambda i: (x[i] + 0.5).mean().item() - x[i].mean().item(), len(x)) < 1e-12
+    assert metrics.bootstrap_std(lambda i: 1.0, len(x)) == 0.0

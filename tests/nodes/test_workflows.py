@@ -21,7 +21,7 @@ def test_twins_are_the_shipped_workflows_pairs():
 
 @pytest.mark.parametrize("name", ["fast", "quality"])
 def test_workflow_runs_headless(host, sd15_checkpoint, light_decoder, name):
-    bench = host.pack.bench.main_job
+    bench = host.pack.bench.main_job_full
     prompt = bench.with_seed(bench.load_pipeline(name, sd15_checkpoint, 64, steps=6), 3)
     with harness.captured_events() as events:
         result = host.run(prompt)
@@ -36,7 +36,7 @@ def test_workflow_runs_headless(host, sd15_checkpoint, light_decoder, name):
 
 
 def test_reference_variant_only_changes_the_sampling(host):
-    bench = host.pack.bench.main_job
+    bench = host.pack.bench.main_job_full
     for name in ("fast", "quality"):
         prompt = bench.load_pipeline(name, "x.safetensors", 64, 20)
         ref = bench.reference(prompt, 100)
