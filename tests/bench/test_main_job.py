@@ -1,5 +1,5 @@
 """`python <Sprint> bench`, the README's main job, shrunk: every pipeline's row is printed and the
-counted model calls are the ones the workflows imply."""
+counted model calls are the ones the workflows imply, on the trained dev model (default) and at full size."""
 import os
 import re
 
@@ -10,13 +10,28 @@ import harness
 pytestmark = pytest.mark.host
 
 
-def test_bench_command_prints_the_comparison(host, sd15_checkpoint, light_decoder, tmp_path):
+ROW = r"^(stock|fast|quality)\s+([\d.]+)\s+([\d.]+)x\s+(\d+)\s+"
+
+
+def test_default_bench_runs_the_trained_dev_model(host, tmp_path):
+    out = harness.cli(host, "bench", "--seeds", "2", "--ref-seeds", "1", "--repeat", "1", "--ref-steps", "8",
+                      cache=tmp_path, timeout=1200).stdout
+    assert out.startswith("main job on the trained dev EPS model"), out[:500]
+    rows = {m[0]: m[1:] for m in re.findall(ROW + r"([\d.]+)\s+([\d.]+)\s+±\s+([\d.]+)\s+([\d.]+)\s+±", out, re.M)}
+    assert set(rows) == {"stock", "fast", "quality"}, out
+    assert rows["stock"][2:4] == ("20", "40.0")           # euler/normal 20 steps, cond + uncond rows per image
+    assert int(rows["fast"][2]) <= 7 and float(rows["fast"][3]) < 14      # 7-step budget; dynamic CFG drops uncond rows
+    assert all(0 <= float(r[6]) <= 1 for r in rows.values())             # class accuracy
+    assert "issue 16's bar" in out
+
+
+def test_full_bench_prints_the_comparison(host, sd15_checkpoint, light_decoder, tmp_path):
     import folder_paths
     ckpt = os.path.join(folder_paths.get_folder_paths("checkpoints")[0], sd15_checkpoint)
-    out = harness.cli(host, "bench", "--ckpt", ckpt, "--light-decoder", light_decoder, "--size", "64", "--steps", "4",
+    out = harness.cli(host, "bench", "--full", "--ckpt", ckpt, "--light-decoder", light_decoder, "--size", "64", "--steps", "4",
                       "--repeat", "1", "--ref-steps", "6", cache=tmp_path, timeout=1200).stdout
     assert "random weights" not in out.splitlines()[0]
-    rows = {m[0]: m[1:] for m in re.findall(r"^(stock|fast|quality)\s+([\d.]+)\s+([\d.]+)x\s+(\d+)\s+(\d+)\s+(-?\d+)\s+(\S+)",
+    rows = {m[0]: m[1:] for m in re.findall(ROW + r"(\d+)\s+(-?\d+)\s+(\S+)",
                                             out, re.M)}
     assert set(rows) == {"stock", "fast", "quality"}, out
     assert rows["stock"][2:4] == ("4", "8")                # euler, 4 steps, cond + uncond batched: 4 calls, 8 rows
