@@ -6,6 +6,9 @@
    plain-CFG ODE, class fidelity and within-class spread (of the samples and of the exact ODE).
 2. The tiny SD1.5-architecture UNet through KSampler: real UNet calls per schedule (txt2img and
    img2img), output difference against plain CFG, and a side-by-side wall-time ratio.
+3. `--trained`: the trained dev models (bench/dev.py: EPS UNet on karras sigmas, flow MMDiT on simple
+   sigmas): per schedule, UNet evaluations per image, class accuracy and mini-FID of the guided
+   samples (with their bootstrap noise), and RMSE against plain CFG's samples from the same noise.
 """
 import math
 import time
@@ -15,7 +18,7 @@ import torch
 from ..engines import evaluation, guidance
 from ..engines.gmm import GaussianMixture
 from ..nodes import dynamic_cfg
-from . import meters, synthetic
+from . import dev, meters, synthetic
 from .meters import ModelCalls, side_by_side
 
 
@@ -115,6 +118,45 @@ def bench_gmm(args, offset):
         print(f"({time.perf_counter() - start:.0f} s, exact references included)")
 
 
+def bench_trained(args):
+    import comfy.samplers
+    from ..engines import metrics
+    from .quality import SCHEDULE, Setup
+    torch.set_num_threads(1)       # tiny models: one thread beats two on a busy CPU
+    real, _ = dev.dataset("heldout", 256)
+    classifier = dev.classifier()
+    real_features = classifier.features(real)
+    sampler = args.samplers[-1]
+    for kind, cfg in ((kind, cfg) for kind in ("eps", "flow") for cfg in args.cfg):
+        run = Setup(kind, args.trained_seeds, cfg, args.noise_seed)
+        rows = len(run.labels)
+        print(f"\n## trained dev {kind.upper()} model ({type(run.model.model).__name__}), {sampler} {SCHEDULE[kind]} "
+              f"{args.steps} steps, cfg {cfg} vs the empty prompt, {rows} images ({len(dev.CLASSES)} classes); "
+              f"mini-FID vs {len(real)} held-out real images; ± bootstrap std over the images")
+        print(f"{'schedule':<20} {'window (sigma)':>15} {'evals':>6} {'saved':>6} {'accuracy':>15} {'mini-FID':>17} "
+              f"{'RMSE vs plain':>13}")
+        plain = None
+        for name, settings in schedules().items():
+            window = ""
+            if settings is not None:
+                schedule = dynamic_cfg.resolve_schedule(settings, run.model.get_model_object("model_sampling"))
+                window = f"({schedule.sigma_low:.3g}, {schedule.sigma_high:.3g}]"
+            unet = run.model.model.diffusion_model
+            with ModelCalls(unet) as calls:
+                out, _ = run.subset(slice(None), model=patched(run.model, settings))(comfy.samplers.sampler_object(sampler),
+                                                                                 args.steps)
+            images = run.images(out)
+            logits, features = classifier(images), classifier.features(images)
+            acc = metrics.class_accuracy(logits, run.labels)
+            acc_noise = metrics.bootstrap_std(lambda i: metrics.class_accuracy(logits[i], run.labels[i]), rows)
+            fid = metrics.feature_frechet(features, real_features)
+            fid_noise = metrics.bootstrap_std(lambda i: metrics.feature_frechet(features[i], real_features), rows, draws=50)
+            plain = out if plain is None else plain
+            evals = calls.rows / rows
+            print(f"{name:<20} {window:>15} {evals:>6.1f} {1 - evals / (2 * args.steps):>6.1%} {acc:>7.3f} ± {acc_noise:.3f} "
+                  f"{fid:>8.4f} ± {fid_noise:.4f} {evaluation.rmse(out, plain).mean().item():>13.4f}", flush=True)
+
+
 def bench_unet(args):
     import nodes
     model, clip = synthetic.sd15_model(args.unet, seed=0), synthetic.sd15_clip(tiny=args.unet == "tiny", seed=0)
@@ -174,6 +216,9 @@ def configure(parser):
     parser.add_argument("--size", type=int, default=64, help="image side in pixels for the UNet part (default 64)")
     parser.add_argument("--repeat", type=int, default=3, help="side-by-side timed runs for the UNet part (0 = none)")
     parser.add_argument("--skip-gmm", action="store_true", help="only the UNet part")
+    parser.add_argument("--trained", action="store_true", help="only the trained dev models (EPS and flow): accuracy, "
+                                                                "mini-FID and evaluations per schedule")
+    parser.add_argument("--trained-seeds", type=int, default=64, help="--trained: seeds per class (default 64)")
     parser.set_defaults(func=command)
 
 
@@ -181,6 +226,9 @@ def command(host, args):
     torch.set_grad_enabled(False)
     import comfy.model_management as mm
     print(f"bench-cfg on ComfyUI {host.comfy_path}, torch {torch.__version__}, {meters.device_name(mm.get_torch_device())}")
+    if args.trained:
+        bench_trained(args)
+        return 0
     bench_unet(args)
     if not args.skip_gmm:
         print("\nerr: RMSE vs the exact ODE of the schedule's own guided denoiser D_u + w(sigma)(D_c - D_u) (mean/max); "
