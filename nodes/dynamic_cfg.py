@@ -188,7 +188,7 @@ class SprintDynamicCFG(io.ComfyNode):
                                                     "on flow models (SD3, Flux, Qwen-Image, Wan, Lumina 2, HiDream), "
                                                     "whose shifted schedules spend half their steps above 5.42."),
                 io.Float.Input("sigma_low", default=guidance.INTERVAL_SIGMA_LOW, min=0.0, max=1000.0, step=0.01,
-                               round=False, tooltip="Bottom of the guidance window (exclusive), same units as sigma_high."),
+                               round=False, tooltip="Bottom of the guidance window (exclusive), a sigma in the same units as sigma_high (default 0.28)."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
                                tooltip="The window also ends above this point of the model's timestep range "
                                        "(0 = start, as in ConditioningSetTimestepRange); intersected with the sigmas."),

@@ -143,9 +143,9 @@ class SprintTextCache(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.Int.Input("memory_mb", default=DEFAULT_MEMORY_MB, min=0, max=65536,
-                             tooltip="Memory the cache may hold in this ComfyUI process (least recently used goes first)."),
+                             tooltip="Memory in MB (0-65536) the cache may hold in this ComfyUI process (least recently used goes first)."),
                 io.Int.Input("disk_mb", default=DEFAULT_DISK_MB, min=0, max=1 << 20,
-                             tooltip="Disk the cache may use in models/sprint_text_cache (shared by every process using it)."),
+                             tooltip="Disk in MB (0-1048576) the cache may use in models/sprint_text_cache (shared by every process using it)."),
                 io.Combo.Input("action", options=["stats", "clear memory", "clear memory + disk"], default="stats",
                                tooltip="stats: only report; clear: drop the cached embeddings first."),
             ],

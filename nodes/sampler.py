@@ -131,12 +131,12 @@ class SprintKSampler(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model used for denoising the input latent."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="The random seed used for creating the noise (the same noise as KSampler)."),
+                             tooltip="The random seed used for creating the noise (any integer, 0 to 2^64-1; the same noise as KSampler)."),
                 io.Int.Input("steps", default=20, min=1, max=10000,
                              tooltip="The most steps (model calls per image) to spend; images that settle "
                                      "earlier stop there."),
                 io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale, as in KSampler."),
+                               tooltip="Classifier-free guidance scale, 0-100, as in KSampler (1 = no guidance, one model call per step)."),
                 io.Combo.Input("preset", options=PRESETS, default="balanced", tooltip=PRESET_TOOLTIP),
                 io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="karras",
                                tooltip="The noise schedule the step budget is laid on."),

@@ -69,11 +69,11 @@ class SprintTwoStageUpscale(io.ComfyNode):
                                       tooltip="Optional pixel-space upscale model (ESRGAN & co), applied before "
                                               "resizing to the exact target size; needs a 'pixel ...' method."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="Seed of the refinement noise."),
+                             tooltip="Seed of the refinement noise (any integer, 0 to 2^64-1)."),
                 io.Int.Input("steps", default=20, min=1, max=10000,
                              tooltip="Steps of the full schedule; the refinement runs its last steps x denoise."),
                 io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale."),
+                               tooltip="Classifier-free guidance scale, 0-100 (1 = no guidance)."),
                 io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple",
                                tooltip="Noise schedule the tail is taken from."),
                 io.Float.Input("denoise", default=0.2, min=0.0, max=1.0, step=0.01,
@@ -81,7 +81,7 @@ class SprintTwoStageUpscale(io.ComfyNode):
                                        "round(steps x denoise) steps (0: upscale only). 0.2 of the simple schedule "
                                        "restarts SD1.5 at sigma 0.6."),
                 io.Float.Input("scale_by", default=2.0, min=1.0, max=8.0, step=0.05,
-                               tooltip="Upscale factor of each side."),
+                               tooltip="Upscale factor of each side, 1-8 (2 = twice the width and height)."),
                 io.Combo.Input("upscale_method", options=list(UPSCALE_METHODS), default="latent bislerp",
                                tooltip="Latent-space resize (no VAE pass), or pixel space: VAE decode, optional "
                                        "upscale model, resize, VAE encode."),

@@ -72,6 +72,13 @@ def test_pyproject_matches_requirements_and_registry_rules():
     comfy = meta["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["requires-comfyui"]
     assert "web" not in comfy          # WEB_DIRECTORY alone, or the JS registers twice
+    assert re.fullmatch(r"\d+\.\d+\.\d+", meta["project"]["version"])   # the Registry's semver
+    icon = ROOT / comfy["Icon"]
+    assert icon.is_file() and icon.read_text().lstrip().startswith("<svg")
+    assert comfy["Icon"] in comfy["includes"]
+    for url in meta["project"].get("urls", {}).values():   # a real address or none, never a placeholder
+        assert url.startswith("https://") and "example" not in url and "sprint-comfy" not in url
+    assert re.search(r"^## " + re.escape(meta["project"]["version"]) + r"\b", (ROOT / "CHANGELOG.md").read_text(), re.M)
     assert "GNU GENERAL PUBLIC LICENSE" in (ROOT / "LICENSE").read_text()[:200]
 
 
