@@ -7,7 +7,6 @@ Outputs and the manifest are written atomically by the driver; a re-run skips wh
 """
 import csv
 import json
-import os
 import pathlib
 import time
 
