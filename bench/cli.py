@@ -5,12 +5,13 @@ Imported only after ComfyUI has booted (bench/host.py), from the copy of the pac
 import argparse
 import logging
 
-from . import dynamic_cfg, engines, light_vae, main_job, prompt_cache, quality, run, sampler, thumbnail, tiling, train_dev
+from . import batch, dynamic_cfg, engines, light_vae, main_job, prompt_cache, quality, run, sampler, thumbnail, tiling, train_dev
 
 # command -> (module with configure(parser) and command(host, args), old names kept working)
 COMMANDS = {
     "bench": (main_job, ()),
     "run": (run, ()),
+    "batch": (batch, ()),
     "bench-sampler": (sampler, ()),
     "bench-cfg": (dynamic_cfg, ()),
     "bench-tiling": (tiling, ()),
