@@ -13,18 +13,26 @@ pytestmark = pytest.mark.host
 
 
 @pytest.fixture(scope="module")
-def vae_approx(host, synthetic, taesd_data):
+def vae_approx(host, synthetic, taesd_data, tmp_path_factory):
     """models/vae_approx with the real taef2 decoder + encoder and a random-weight taesd decoder
-    (ComfyUI's own TAESD module's keys, i.e. the official layout)."""
+    (ComfyUI's own TAESD module's keys, i.e. the official layout). Files of the same names that
+    other tests put there (e.g. the session's light decoder link) are set aside and put back."""
     import folder_paths
     folder = pathlib.Path(folder_paths.get_folder_paths("vae_approx")[0])
     folder.mkdir(parents=True, exist_ok=True)
+    names = ("taef2_decoder.pth", "taef2_encoder.pth", "taesd_decoder.safetensors")
+    aside = tmp_path_factory.mktemp("vae_approx_aside")
+    kept = [name for name in names if (folder / name).is_symlink() or (folder / name).exists()]
+    for name in kept:
+        (folder / name).rename(aside / name)          # a link moves as a link
     for part in ("decoder", "encoder"):
         shutil.copy(taesd_data / f"taef2_{part}.pth", folder / f"taef2_{part}.pth")
     sd = synthetic.write_taesd_decoder(folder / "taesd_decoder.safetensors", seed=4)
     yield folder, sd
-    for name in ("taef2_decoder.pth", "taef2_encoder.pth", "taesd_decoder.safetensors"):
+    for name in names:
         (folder / name).unlink()
+    for name in kept:
+        (aside / name).rename(folder / name)
 
 
 def decode_graph(latent, **inputs):
