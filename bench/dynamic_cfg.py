@@ -121,7 +121,7 @@ def bench_gmm(args, offset):
 def bench_trained(args):
     import comfy.samplers
     from ..engines import metrics
-    from .quality import SCHEDULE, Setup
+    from .quality import SCHEDULE, Setup, index_metrics
     torch.set_num_threads(1)       # tiny models: one thread beats two on a busy CPU
     real, _ = dev.dataset("heldout", 256)
     classifier = dev.classifier()
@@ -145,12 +145,10 @@ def bench_trained(args):
             with ModelCalls(unet) as calls:
                 out, _ = run.subset(slice(None), model=patched(run.model, settings))(comfy.samplers.sampler_object(sampler),
                                                                                  args.steps)
-            images = run.images(out)
-            logits, features = classifier(images), classifier.features(images)
-            acc = metrics.class_accuracy(logits, run.labels)
-            acc_noise = metrics.bootstrap_std(lambda i: metrics.class_accuracy(logits[i], run.labels[i]), rows)
-            fid = metrics.feature_frechet(features, real_features)
-            fid_noise = metrics.bootstrap_std(lambda i: metrics.feature_frechet(features[i], real_features), rows, draws=50)
+            fid_of, acc_of = index_metrics(classifier, run.images(out), run.labels, real_features)
+            every = torch.arange(rows)
+            acc, acc_noise = acc_of(every), metrics.bootstrap_std(acc_of, rows)
+            fid, fid_noise = fid_of(every), metrics.bootstrap_std(fid_of, rows, draws=50)
             plain = out if plain is None else plain
             evals = calls.rows / rows
             print(f"{name:<20} {window:>15} {evals:>6.1f} {1 - evals / (2 * args.steps):>6.1%} {acc:>7.3f} ± {acc_noise:.3f} "

@@ -25,7 +25,7 @@ from ..engines import evaluation, metrics
 from . import dev, main_job_full
 from .main_job_full import PIPELINES, SAMPLERS, graph
 from .meters import ModelCalls, device_name, timed
-from .quality import Setup, reference_sampler
+from .quality import Setup, index_metrics, reference_sampler
 
 FULL_ONLY = ("ckpt", "light_decoder", "size")
 NOISE_SIGMAS = 2            # a difference counts as worse when it exceeds this many bootstrap stds
@@ -208,11 +208,7 @@ class DevBench:
         return errors
 
     def scores(self, gray, labels, real_features):
-        """(mini-FID, accuracy), each a function of row indices into `gray` images [N, 1, H, W]."""
-        with torch.no_grad():
-            features, logits = self.setup.classifier.features(gray), self.setup.classifier(gray)
-        return (lambda i: metrics.feature_frechet(features[i], real_features),
-                lambda i: metrics.class_accuracy(logits[i], labels[i]))
+        return index_metrics(self.setup.classifier, gray, labels, real_features)
 
     def table(self, stats, errors, real_features, seconds):
         args, names = self.args, self.names

@@ -108,6 +108,15 @@ class Setup:
                 "fid": metrics.feature_frechet(features, real_features)}
 
 
+def index_metrics(classifier, gray, labels, real_features):
+    """(mini-FID, accuracy) of gray images [N, 1, H, W], each a function of row indices (for
+    metrics.bootstrap_std: the seed-to-seed noise)."""
+    with torch.no_grad():
+        features, logits = classifier.features(gray), classifier(gray)
+    return (lambda i: metrics.feature_frechet(features[i], real_features),
+            lambda i: metrics.class_accuracy(logits[i], labels[i]))
+
+
 def line(name, calls, s):
     return (f"{name:<30} calls {calls:5.2f} | RMSE {s['rmse']:.3e} | PSNR {s['psnr']:5.1f} dB SSIM {s['ssim']:.4f} | "
             f"accuracy {s['acc']:.3f} | mini-FID {s['fid']:.4f}")
