@@ -15,6 +15,9 @@ from ..engines.files import atomic_write
 from . import host as hostlib, run
 
 MANIFEST = "manifest.jsonl"
+# The untimed warm-up run's seed: one no batch uses, since the executor would answer a repeated
+# prompt from its cache with the warm-up's (deleted) files.
+WARMUP_SEED = 2 ** 48
 
 
 def _ray():
@@ -95,7 +98,7 @@ def worker_class(ray):
         def ready(self):
             return self.pid, self.ckpt_name
 
-        def run(self, prompt):
+        def run(self, prompt, keep=True):
             import os
             import time
             for node in prompt.values():
@@ -107,8 +110,9 @@ def worker_class(ray):
             for out in result.ui.values():
                 for img in out.get("images", []):
                     path = os.path.join(self.host.base_dir, img.get("type", "output"), img.get("subfolder", ""), img["filename"])
-                    with open(path, "rb") as f:
-                        files.append((os.path.splitext(path)[1], f.read()))
+                    if keep:
+                        with open(path, "rb") as f:
+                            files.append((os.path.splitext(path)[1], f.read()))
                     os.unlink(path)
             return {"files": files, "seconds": time.perf_counter() - start, "pid": self.pid}
     return Worker
@@ -128,7 +132,9 @@ def write_manifest(out, done):
             f.write(json.dumps(done[index]) + "\n")
 
 
-def start_workers(ray, args, n, ckpt):
+def start_workers(ray, args, n, ckpt, warmup=None):
+    """n actors, each ready (and, given a warm-up prompt, having run it once untimed so model loading
+    is not counted as throughput)."""
     options = {"num_gpus": 1} if args.gpu else {"num_cpus": args.threads_per_worker}
     env = {"OMP_NUM_THREADS": str(args.threads_per_worker), "MKL_NUM_THREADS": str(args.threads_per_worker)}
     Worker = worker_class(ray)
@@ -143,6 +149,9 @@ def start_workers(ray, args, n, ckpt):
             print(f"worker {i} failed to start: {_cause(e)}", flush=True)
     if not alive:
         raise SystemExit("no worker started (see above)")
+    if warmup is not None:
+        print(f"warming up {len(alive)} worker(s): one untimed run each loads the model", flush=True)
+        ray.get([w.run.remote(warmup, keep=False) for w in alive])
     return alive
 
 
@@ -240,7 +249,7 @@ def command(host, args):
     for n in counts:
         out = pathlib.Path(args.out) / (f"workers-{n}" if args.compare_workers else "")
         out.mkdir(parents=True, exist_ok=True)
-        workers = start_workers(ray, args, n, ckpt)
+        workers = start_workers(ray, args, n, ckpt, warmup=run.with_seed(prompt, WARMUP_SEED) if args.compare_workers else None)
         count, seconds = run_batch(ray, args, prompt, todo, out, workers)
         for w in workers:
             ray.kill(w)
