@@ -20,7 +20,8 @@ from . import dev
 from .meters import ModelCalls
 
 SCHEDULE = {"eps": "karras", "flow": "simple"}
-TOLS = [0.005, 0.015, 0.05, 0.15]
+CALLS = [6, 8, 10, 12, 16]
+DETERMINISTIC = ["ipndm", "ipndm_v", "deis", "uni_pc", "uni_pc_bh2", "dpmpp_2m", "res_multistep", "gradient_estimation"]
 
 
 def configure(parser):
@@ -28,9 +29,12 @@ def configure(parser):
     parser.add_argument("--models", default="eps,flow", help="which trained models (eps, flow)")
     parser.add_argument("--seeds", type=int, default=64, help="noise seeds per class")
     parser.add_argument("--steps", default="8,12,16", help="step counts of the fixed-step samplers")
-    parser.add_argument("--samplers", default="ipndm,dpmpp_2m,uni_pc", help="ComfyUI samplers compared")
+    parser.add_argument("--samplers", default=",".join(DETERMINISTIC), help="ComfyUI samplers compared")
+    parser.add_argument("--schedules", help="schedules of the compared samplers (default: the model's own; "
+                                            "'all': every ComfyUI scheduler)")
     parser.add_argument("--budget", type=int, default=20, help="steps given to the adaptive sampler")
-    parser.add_argument("--tols", default=",".join(map(str, TOLS)), help="the adaptive sampler's tolerance sweep")
+    parser.add_argument("--calls", default=",".join(map(str, CALLS)), help="the adaptive sampler's calls sweep "
+                        "(on the --budget schedule, and as binding budgets of that many steps)")
     parser.add_argument("--cfg", type=float, default=3.0, help="guidance scale (negative: the empty prompt)")
     parser.add_argument("--ref-steps", type=int, default=800, help="steps of the fine reference (3rd-order multistep; 800 vs 1600 steps agree to ~1e-5 RMSE on both dev models)")
     parser.add_argument("--noise-seed", type=int, default=0, help="seed of the evaluation noise")
@@ -75,7 +79,7 @@ class Setup:
         self.noise = torch.randn(rows, dev.BLOCK[kind] ** 2, side, side, generator=torch.Generator().manual_seed(noise_seed))
         ms = self.model.get_model_object("model_sampling")
         import comfy.samplers
-        self.sigmas = lambda steps: comfy.samplers.calculate_sigmas(ms, SCHEDULE[kind], steps).cpu()
+        self.sigmas = lambda steps, schedule=SCHEDULE[kind]: comfy.samplers.calculate_sigmas(ms, schedule, steps).cpu()
 
     def subset(self, rows, model=None, cfg=None):
         """The same setup on some rows only (and, if given, another MODEL, e.g. a patched one, or cfg)."""
@@ -86,10 +90,11 @@ class Setup:
         part.model, part.cfg = model or self.model, self.cfg if cfg is None else cfg
         return part
 
-    def __call__(self, sampler, steps):
+    def __call__(self, sampler, steps, schedule=None):
         """(scaled latents, model calls) of one sampler on the evaluation rows."""
+        sigmas = self.sigmas(steps, schedule or SCHEDULE[self.kind])
         with ModelCalls(self.model.model.diffusion_model) as meter, torch.inference_mode():   # as the executor
-            out = self.sample_custom(self.model, self.noise, self.cfg, sampler, self.sigmas(steps), self.positive,
+            out = self.sample_custom(self.model, self.noise, self.cfg, sampler, sigmas, self.positive,
                                      self.negative, torch.zeros_like(self.noise), disable_pbar=True, seed=0)
         return self.latent_format.process_in(out), meter.calls
 
@@ -125,7 +130,7 @@ def line(name, calls, s):
 def command(host, args):
     torch.set_num_threads(1)       # on a busy CPU one thread beats two by far for these tiny models
     if args.toy:
-        args.seeds, args.steps, args.samplers, args.tols, args.ref_steps = 2, "8", "ipndm", "0.05", 40
+        args.seeds, args.steps, args.samplers, args.calls, args.ref_steps = 2, "8", "ipndm", "8", 40
     real, _ = dev.dataset("heldout", 256)
     with torch.no_grad():
         real_features = dev.classifier().features(real)
@@ -147,15 +152,28 @@ def command(host, args):
         print(f"reference: {args.ref_steps}-step 3rd-order multistep to the last sigma, then its x0 ({time.perf_counter() - began:.0f} s); "
               f"a {2 * args.ref_steps}-step solve differs by RMSE {gap:.2e} (max of {rows.stop} rows)", flush=True)
         print(line("reference", args.ref_steps, run.scores(ref, ref, ref_images, real_features)), flush=True)
-        for name in args.samplers.split(","):
-            import comfy.samplers
-            for steps in [int(s) for s in args.steps.split(",")]:
-                out, calls = run(comfy.samplers.sampler_object(name), steps)
-                print(line(f"{name} {steps} steps", calls, run.scores(out, ref, ref_images, real_features)), flush=True)
-        for label, options in [("balanced", {})] + [(f"tol {t}", {"tol": float(t)}) for t in args.tols.split(",")]:
+        import comfy.samplers
+        schedules = (comfy.samplers.SCHEDULER_NAMES if args.schedules == "all"
+                     else (args.schedules or SCHEDULE[kind]).split(","))
+        best = {}                                       # calls -> (RMSE, label) of the best peer
+        for schedule in schedules:
+            for name in args.samplers.split(","):
+                for steps in [int(s) for s in args.steps.split(",")]:
+                    out, calls = run(comfy.samplers.sampler_object(name), steps, schedule)
+                    s = run.scores(out, ref, ref_images, real_features)
+                    best[calls] = min(best.get(calls, (float("inf"), "")), (s["rmse"], f"{name} {schedule}"))
+                    print(line(f"{name} {schedule} {steps} steps", calls, s), flush=True)
+        print("best peer per calls: " + "; ".join(f"{c}: {e:.3e} ({n})" for c, (e, n) in sorted(best.items())), flush=True)
+        sweeps = [(f"sprint {p} ({args.budget}-step budget)", p, {}, args.budget) for p in sampler_node.PRESETS]
+        sweeps += [(f"sprint {c} calls ({args.budget}-step budget)", "balanced", {"calls": c}, args.budget)
+                   for c in map(int, args.calls.split(","))]
+        sweeps += [(f"sprint balanced, {c}-step budget", "balanced", {}, c) for c in map(int, args.calls.split(","))]
+        for label, preset, options, budget in sweeps:
             info = {}
-            out, _ = run(sampler_node.adaptive_sampler("balanced", info=info, **options), args.budget)
+            out, _ = run(sampler_node.adaptive_sampler(preset, info=info, **options), budget)
             calls = info["nfe"].double().mean().item()
-            print(line(f"sprint {label} ({args.budget}-step budget)", calls,
-                       run.scores(out, ref, ref_images, real_features)), flush=True)
+            s = run.scores(out, ref, ref_images, real_features)
+            peer = best.get(round(calls)) or best.get(int(calls))
+            versus = f" | best peer at {round(calls)} calls {peer[0]:.3e} ({peer[1]}): {peer[0] / s['rmse']:.2f}x" if peer else ""
+            print(line(label, calls, s) + versus, flush=True)
     return 0

@@ -23,7 +23,7 @@ TWO_CALLS = {"heun", "dpm_2", "dpmpp_sde"}    # two model calls per step, one on
 STOCHASTIC = ["dpmpp_3m_sde", "dpmpp_2m_sde", "dpmpp_sde", "euler_ancestral"]
 SCHEDULES = ["karras", "exponential", "normal", "beta", "ays"]
 RTOLS = [0.2, 0.1, 0.05, 0.02, 0.01]
-TOLS = [0.005, 0.01, 0.015, 0.03, 0.05, 0.1, 0.15]     # up to draft, sampling.MAX_TOL
+CALLS = [6, 8, 10, 12, 14, 16, 20]
 CHUNK = 32                              # rows per cached reference file
 
 
@@ -33,7 +33,7 @@ def configure(parser):
     parser.add_argument("--nfe", default="6,8,10,12,16,20", help="model-call budgets for the fixed-step peers")
     parser.add_argument("--schedules", default=",".join(SCHEDULES), help="schedules for the peers")
     parser.add_argument("--samplers", default=",".join(DETERMINISTIC), help="deterministic peers")
-    parser.add_argument("--tols", default=",".join(map(str, TOLS)), help="tolerance sweep of the adaptive sampler")
+    parser.add_argument("--calls", default=",".join(map(str, CALLS)), help="calls sweep of the adaptive sampler (balanced's early stop)")
     parser.add_argument("--budget", type=int, default=20, help="karras steps given to the adaptive sampler")
     parser.add_argument("--dist-samples", type=int, default=512, help="rows for the stochastic samplers' mode frequencies")
     parser.add_argument("--noise-seed", type=int, default=0, help="seed of the evaluation noise (development used others)")
@@ -176,7 +176,7 @@ def calls_for(points, error):
 
 def command(host, args):
     if args.toy:
-        args.seeds, args.nfe, args.schedules, args.tols = 4, "8", "karras", "0.015,0.15"
+        args.seeds, args.nfe, args.schedules, args.calls = 4, "8", "karras", "8,16"
         args.samplers, args.dist_samples, args.ref_steps, args.sd = "euler,ipndm", 8, 200, "tiny"
     elif args.quick:
         args.seeds, args.schedules = 64, "karras,exponential"
@@ -237,15 +237,15 @@ def command(host, args):
         points.append((float(s.calls.mean()), float(s.err.mean())))
     curves["dpm_adaptive"] = sorted(points)
 
-    # 3. Calibration: the tolerance sweep, and where it lies against the best peer at equal calls/error.
-    print(f"\n== calibration: tolerance sweep on the {args.budget}-step karras budget ==")
+    # 3. The calls sweep, and where it lies against the best peer at equal calls/error.
+    print(f"\n== calls sweep on the {args.budget}-step karras budget ==")
     sweep = []
-    for tol in floats(args.tols):
-        s = adaptive(budget_sigmas, f"sprint tol {tol}", tol=tol)
-        sweep.append((tol, s))
+    for n_calls in sorted(int(v) for v in floats(args.calls)):
+        s = adaptive(budget_sigmas, f"sprint {n_calls} calls", calls=n_calls)
+        sweep.append((n_calls, s))
         print(s.row(), flush=True)
-    errors = [s.err.mean().item() for _, s in sorted(sweep, key=lambda t: t[0])]
-    print("achieved error monotone in tolerance:", all(a <= b for a, b in zip(errors, errors[1:])))
+    errors = [s.err.mean().item() for _, s in sweep]
+    print("achieved error falls with the calls:", all(a >= b for a, b in zip(errors, errors[1:])))
     print("\n== sweep vs the best peer frontier (every sampler, every schedule) ==")
     ratios = []
     for tol, s in sweep:
@@ -256,7 +256,7 @@ def command(host, args):
         need = {k: v for k, v in need.items() if v is not None}
         best_at = min(at.items(), key=lambda kv: kv[1]) if at else None
         best_need = min(need.items(), key=lambda kv: kv[1]) if need else None
-        line = f"tol {tol:<6} {c:5.2f} calls RMSE {e:.3e}"
+        line = f"calls {tol:<3} {c:5.2f} used, RMSE {e:.3e}"
         line += (f" | best peer at {c:.1f} calls: {best_at[0]} {best_at[1]:.3e} ({'below' if e < best_at[1] else 'ABOVE'})"
                  if best_at else " | no peer measured at these calls")
         at_least = best_need and e >= curves[best_need[0]][0][1]      # the peer is that good at its fewest calls
@@ -273,9 +273,10 @@ def command(host, args):
                 per_schedule.append(f"{sched} {calls / c:.2f}x ({name.split()[0]})")
         print("    per schedule, calls the best peer needs / sprint's:", ", ".join(per_schedule) or "none in range", flush=True)
     measured = [r for _, r in ratios if r is not None]
-    print(f"bar 2 (>= 1.3x fewer calls than the best peer at equal error): {sum(r >= 1.3 for r in measured)} of "
-          f"{len(ratios)} tolerances" + (f", ratios {min(measured):.2f}x to {max(measured):.2f}x" if measured else "")
-          + (f"; out of the peers' measured range: tol {', '.join(str(t) for t, r in ratios if r is None)}"
+    print(f"fewer calls than the best peer at equal error (>= 1.0x / >= 1.3x): {sum(r >= 1.0 for r in measured)} / "
+          f"{sum(r >= 1.3 for r in measured)} of {len(ratios)} settings"
+          + (f", ratios {min(measured):.2f}x to {max(measured):.2f}x" if measured else "")
+          + (f"; out of the peers' measured range: calls {', '.join(str(t) for t, r in ratios if r is None)}"
              if len(measured) < len(ratios) else ""), flush=True)
 
     # 4. A budget shorter than the tolerance wants: every call is spent; error vs the best peer at as many.

@@ -101,17 +101,18 @@ def sample_dpmpp_multistep(model, x, sigmas, extra_args=None, callback=None, dis
     return x
 
 
-# Tolerances of the presets: RMS corrector-predictor gap allowed per step, in latent units (the
-# settled-x0 tolerance is STOP_SHARE of it). Chosen on development seeds of the Gaussian-mixture
-# bench (README, "Adaptive sampler"): ~7.5, ~10.5 and ~13.5 model calls of a 20-step karras budget.
-PRESETS = {"draft": 0.15, "balanced": 0.05, "quality": 0.015}
+# The presets: model calls spread evenly along the schedule's own shape, and the early-stop
+# tolerance (RMS, latent units, of the change the calls left could still make). Measured on the
+# trained dev models (bench-quality): on trained networks no per-step error control beat the
+# schedule's own shape at an even stride (README, "Adaptive sampler").
+PRESETS = {"draft": {"calls": 8, "tol": 0.005}, "balanced": {"calls": 12, "tol": 0.002},
+           "quality": {"calls": 16, "tol": 0.001}}
 
 ADAPTIVE_DEFAULTS = {
-    "tol": PRESETS["balanced"],  # local error allowed per step (embedded estimate, RMS)
-    "stop_tol": None,            # settled-x0 tolerance for the early stop; None: STOP_SHARE * tol
+    **PRESETS["balanced"],       # calls: model calls over the whole schedule (at most its steps)
+                                 # tol: a sample stops once the calls left could change it less
     "order": 4,                  # order of the Adams predictor and corrector (points interpolated)
-    "min_fraction": 0.5,         # share of the schedule's log-SNR span to cover before an early stop
-    "h_init": None,              # first step in log-SNR; None: FIRST_STEP * sqrt(tol)
+    "min_fraction": 0.5,         # share of the schedule to cover before an early stop
     "eta": 0.0,                  # > 0: DPM-Solver++ SDE steps with that much fresh noise
     "s_noise": 1.0,              # scale of that noise
     "seed": 0,                   # noise seed (sample b uses seed + b, so batches do not matter)
@@ -119,36 +120,10 @@ ADAPTIVE_DEFAULTS = {
     "drop_finished": True,       # leave settled samples out of later model calls
     "info": None,                # a dict to receive nfe, stop_step, sigma_stop, est_error per sample
 }
-# Step-size controller (Hairer, Norsett & Wanner, "Solving ODEs I", II.4): safety factor, bounds
-# on the change of h per step, and how far over tolerance a step must be to be retried.
-SAFETY, MAX_GROWTH, MAX_SHRINK, REJECT = 0.9, 2.5, 0.2, 2.0
-# The budget: a step covers at least a share of an even split (in log-SNR) of the calls left, so
-# the schedule's end is always reached. With many calls left the share is BUDGET_SHARE, leaving the
-# tolerance free to shape the steps; it rises to the whole split as the calls left fall below
-# EVEN_BELOW. When the budget binds, a constant share makes the steps grow steeply and the last call
-# land far above the end (7-call karras budget: sigma 0.17), leaving a long final jump; the rising
-# share grows them gently and lands near the end. Development seeds, balanced, 7-call karras budget:
-# 1.97e-2 RMSE vs 3.75e-2 (constant share) and 2.17e-2 (even split); dpmpp_2m exponential 2.88e-2.
-# The 20-step budget's tolerance sweep is unchanged (it binds only with many calls left).
-BUDGET_SHARE, EVEN_BELOW = 0.7, 14
-# Tolerances above draft's stop after 6 calls or fewer of a 20-step karras budget, where no step
-# control beats a fixed schedule of that length (development seeds: tol 0.3, 6 calls, 4.9e-2 RMSE vs
-# dpmpp_2m exponential's 3.4e-2); a shorter budget is the way to fewer calls.
-MAX_TOL = PRESETS["draft"]
-# The first step is Euler's (one point), local error ~ h^2, so h ~ sqrt(tol) (the starting step
-# of Hairer, Norsett & Wanner II.4 without its extra model call). The constant is from development
-# seeds: at sigma_max the noise prediction is nearly constant, so the first step can be long, and a
-# short one costs loose tolerances a whole call (tol 0.2, before MAX_TOL: 7 calls, 2.5e-2 RMSE vs 2.8e-2 with 1.34).
-FIRST_STEP = 1.7
-# The settled-x0 test is stricter than the per-step tolerance: the final jump's error is not
-# corrected by later steps, and stopping early is worth less than a call spent well (development
-# seeds: tol 0.1 with stop_tol tol / 4 reaches 1.2e-2 RMSE at 9 calls, with stop_tol tol 1.7e-2 at 8.4).
-STOP_SHARE = 0.25
 # Milne's estimate (Hairer, Norsett & Wanner, "Solving ODEs I", III.1): the corrector's own local
 # error is C / (C* - C) times the corrector-predictor gap, C and C* the error constants of the
-# Adams-Moulton and Adams-Bashforth formulas of order k (k = 1..4). Used for the reported estimate
-# only (ODE steps; SDE steps report the raw gap); the step control keeps the raw gap, which its
-# tolerances were tuned on.
+# Adams-Moulton and Adams-Bashforth formulas of order k (k = 1..4): the reported error estimate
+# (ODE steps; SDE steps report the raw gap).
 MILNE = {1: 1 / 2, 2: 1 / 6, 3: 1 / 10, 4: 19 / 270}
 # SDE solves interpolate at most 3 points (DPM-Solver++(3M) SDE): a higher degree through the
 # noisy predictions amplifies the noise (development seeds, eta 1, order 4: mode frequencies
@@ -214,29 +189,37 @@ def edm_adams_step(x, lam, points, target, flow=False, order=4, new=None):
 
 
 class _Trajectory:
-    """The adaptive solve of one sample: proposes where the model is evaluated next, and takes
-    its prediction there. Samples never share step sizes, noise or decisions."""
+    """The solve of one sample: proposes where the model is evaluated next, and takes its
+    prediction there. Samples never share noise or decisions."""
 
     def __init__(self, x, row, sigmas, o):
-        self.o, self.flow, self.budget = o, o["flow"], len(sigmas) - 1
+        self.o, self.flow = o, o["flow"]
         self.to_zero = float(sigmas[-1]) == 0
-        self.sigmas = sigmas
-        self.lam0 = _log_snr(float(sigmas[0]), self.flow)
-        self.lam_first = self.lam0 if math.isfinite(self.lam0) else _log_snr(float(sigmas[1]), self.flow)
-        self.lam_end = _log_snr(float(sigmas[-2] if self.to_zero else sigmas[-1]), self.flow)
-        self.tol = o["tol"]
+        # Points lie on the schedule's own index u (log-sigma interpolated between its sigmas), an
+        # even stride apart: the schedule's shape (karras, a flow shift) says where calls matter.
+        # To sigma = 0 the last call is at the last sigma and its prediction is the result, as
+        # every sampler's; a partial solve lands on its end without a call.
+        self.log_sigmas = torch.log(sigmas[:-1] if self.to_zero else sigmas).tolist()
+        self.u_end = len(self.log_sigmas) - 1
+        self.calls = calls = max(1, min(int(o["calls"]), len(sigmas) - 1))
+        self.stride = self.u_end / (calls - 1 if self.to_zero else calls) if calls > self.to_zero else 1.0
         self.order = o["order"] if o["eta"] == 0 else min(o["order"], SDE_ORDER)
-        self.stop_tol = STOP_SHARE * o["tol"] if o["stop_tol"] is None else o["stop_tol"]
         self.noise = None
         if o["eta"] > 0:
             self.noise = torch.Generator(x.device).manual_seed(int(o["seed"]) + row)
-        self.x, self.lam = x, self.lam0          # last accepted state
+        self.x, self.u, self.lam = x, 0.0, self._lambda(0.0)   # last accepted state
         self.points = []                         # accepted (denoised, lambda, x accepted), newest first
-        self.h = FIRST_STEP * math.sqrt(o["tol"]) if o["h_init"] is None else o["h_init"]
-        self.x_eval, self.lam_eval = x, self.lam0
+        self.x_eval, self.u_eval, self.lam_eval = x, 0.0, self.lam
         self.nfe, self.done, self.out = 0, False, None
-        self.last_jump = None
         self.local_error, self.est_error, self.sigma_stop = 0.0, math.inf, None
+
+    def _lambda(self, u):
+        """Log-SNR at schedule index u."""
+        if self.u_end == 0:
+            return _log_snr(math.exp(self.log_sigmas[0]), self.flow)
+        i = min(int(u), self.u_end - 1)
+        f = u - i
+        return _log_snr(math.exp((1 - f) * self.log_sigmas[i] + f * self.log_sigmas[i + 1]), self.flow)
 
     @property
     def sigma_eval(self):
@@ -264,77 +247,57 @@ class _Trajectory:
         x, _ = dpmpp_step(self.x, sigma, sigma_next, d, history, alpha, alpha_next, self.o["eta"], denoised_next)
         return x + noise
 
-    def _floor(self):
-        """The shortest next step (log-SNR) that keeps the schedule's end within the calls left."""
-        left = self.budget - self.nfe
-        even = (self.lam_end - self.lam) / (left + 1)
-        if not self.to_zero:              # a partial solve must land on the end itself
-            return even
-        return even * (1 - (1 - BUDGET_SHARE) * min(1.0, left / EVEN_BELOW))
-
     def _propose(self):
-        """Choose the next step within the budget, predict the state there; or finish."""
-        target = self.lam + max(self.h, self._floor()) if math.isfinite(self.lam) else _log_snr(float(self.sigmas[1]), self.flow)
-        target = min(target, self.lam_end)
+        """Predict the state at the next point (a rounding short of the end counts as the end)."""
+        u = self.u + self.stride
+        u = self.u_end if u > self.u_end - 1e-6 * self.stride else u
+        target = self._lambda(u)
         self.step_noise = None
         if self.noise is not None:
             sigma_next = _sigma_alpha(target, self.flow)[0]
             scale = sigma_next * math.sqrt(-math.expm1(-2 * (target - self.lam) * self.o["eta"])) * self.o["s_noise"]
             self.step_noise = scale * torch.randn(self.x.shape, generator=self.noise, device=self.x.device).to(self.x)
         x_next = self._step(target, noise=self.step_noise)
-        if not self.to_zero and target >= self.lam_end:   # lands on the schedule's end: no call needed
+        if not self.to_zero and u >= self.u_end:
             self._finish(x_next, target)
         else:
-            self.x_eval, self.lam_eval = x_next, target
+            self.x_eval, self.u_eval, self.lam_eval = x_next, u, target
 
     def _finish(self, out, lam):
         self.out, self.done = out, True
         self.sigma_stop = _sigma_alpha(lam, self.flow)[0] if math.isfinite(lam) else 0.0
+        self.est_error = self.local_error
 
     def receive(self, denoised):
         """The model's prediction at (x_eval, lam_eval)."""
         self.nfe += 1
-        left = self.budget - self.nfe
-        if not self.points:
-            self._accept(denoised, self.x_eval, self.lam_eval, 0.0)
-            return
-        if not math.isfinite(self.lam):                  # left pure noise (flow sigma = 1): restart here
-            self.points, self.x, self.lam = [], self.x_eval, self.lam_eval
-            self._accept(denoised, self.x_eval, self.lam_eval, 0.0)
-            return
+        if not self.points or not math.isfinite(self.lam):   # the first point, or left pure noise (flow sigma = 1)
+            self.points = []
+            return self._accept(denoised, self.x_eval, 0.0)
         x_c = self._step(self.lam_eval, denoised, self.step_noise)
-        err = _rms(x_c - self.x_eval)             # Milne's device: corrector minus predictor
-        h = self.lam_eval - self.lam
+        gap = _rms(x_c - self.x_eval)             # Milne's device: corrector minus predictor
         k = min(len(self.points), self.order)
-        factor = min(MAX_GROWTH, max(MAX_SHRINK, SAFETY * (self.tol / max(err, 1e-12)) ** (1 / (k + 1))))
-        self.h = h * factor
-        if err > REJECT * self.tol and left > 0 and self.h > self._floor():
-            self._propose()                                # rejected: retry a shorter step
-            return
-        self._accept(denoised, x_c, self.lam_eval, MILNE[k] * err if self.noise is None else err)
+        self._accept(denoised, x_c, MILNE[k] * gap if self.noise is None else gap)
 
-    def _accept(self, denoised, x, lam, err):
-        """Take the step to (x, lam). The point keeps the corrected state x with the prediction made
-        at the predicted one: the noise prediction (x / alpha - D) / s is re-evaluated in its x part,
-        which is known exactly, at no model call (the final E of PECE for the linear term; fixed
-        karras grids on the Gaussian-mixture bench err ~2.5x less than with the predicted state)."""
-        self.x, self.lam = x, lam
-        self.points = [(denoised, lam, x)] + self.points[: self.order - 1]
+    def _accept(self, denoised, x, err):
+        """Take the step to (x, lam_eval). The point keeps the corrected state x with the prediction
+        made at the predicted one: the noise prediction (x / alpha - D) / s is re-evaluated in its x
+        part, which is known exactly, at no model call (the final E of PECE for the linear term;
+        fixed karras grids on the Gaussian-mixture bench err ~2.5x less than with the predicted state)."""
+        change = _rms(denoised - self.points[0][0]) if self.points else math.inf
+        self.x, self.lam, self.u = x, self.lam_eval, self.u_eval
+        self.points = [(denoised, self.lam, x)] + self.points[: self.order - 1]
         self.local_error += err
         if not self.to_zero:                   # a partial solve runs to the schedule's end (_propose)
             return self._propose()
-        left = self.budget - self.nfe
-        # settled: the sigma = 0 extrapolation moved less than stop_tol over the last step
-        final = edm_adams_step(x, lam, self.points, math.inf, self.flow, self.order)
-        trunc = _rms(final - self.last_jump) if self.last_jump is not None else math.inf
-        self.last_jump = final
-        span = self.lam_end - self.lam_first
-        frac = (lam - self.lam_first) / span if span > 0 else 1.0
-        # a step onto the schedule's end shorter than half the last one adds nothing but noise
-        near_end = len(self.points) > 1 and self.lam_end - lam < 0.5 * (lam - self.points[1][1])
-        if left <= 0 or (frac >= self.o["min_fraction"] and (near_end or trunc <= self.stop_tol)):
-            self.est_error = self.local_error + (trunc if math.isfinite(trunc) else 0.0)
-            self._finish(final, lam)
+        # Early stop: the x0 prediction moved by `change` over the last stride; it moves less and
+        # less as sigma falls, so the calls left could change it by at most about that many times
+        # as much. Stop once that bound is within tol (never before min_fraction of the schedule).
+        calls_left = math.ceil((self.u_end - self.u) / self.stride - 1e-6)
+        if self.u >= self.u_end or self.nfe >= self.calls or (self.u >= self.o["min_fraction"] * self.u_end
+                                    and calls_left * change <= self.o["tol"]):
+            self.local_error += calls_left * change if math.isfinite(change) else 0.0
+            self._finish(denoised, self.lam)
         else:
             self._propose()
 
@@ -344,22 +307,20 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
     """Adaptive multistep sampler with early stop: spends model calls only where they change the result.
 
     A variable-step Adams-Bashforth-Moulton PECE pair of order `order` on the noise prediction in
-    sigma (edm_adams_step; DPM-Solver++ SDE steps if eta > 0) whose predictor-corrector gap is the
-    embedded local error estimate driving each sample's own step size (Milne's device; rejected
-    steps are retried shorter). Each sample stops once its x0 prediction, extrapolated to sigma = 0
-    along the trajectory, has settled to `stop_tol` (after `min_fraction` of the schedule), and
-    returns that extrapolation. `sigmas` sets
-    the start, the end and the budget: no sample, and no batch, gets more than len(sigmas) - 1
-    model calls. A schedule ending above 0 is integrated to its end and returns the noisy state.
-    Settled samples are left out of later calls (`drop_finished`) and never change again.
+    sigma (edm_adams_step; DPM-Solver++ SDE steps if eta > 0) at `calls` points an even stride apart
+    along the schedule's own shape; its predictor-corrector gaps (Milne's device) are the reported
+    error estimate. Each sample stops once the calls left could change its x0 prediction by less
+    than `tol` (after `min_fraction` of the schedule) and returns that prediction. `sigmas` sets
+    the start, the end, the shape and the budget: no sample, and no batch, gets more than
+    len(sigmas) - 1 model calls. A schedule ending above 0 is integrated to its end and returns the
+    noisy state. Settled samples are left out of later calls (`drop_finished`) and never change again.
     """
     unknown = set(options) - set(ADAPTIVE_DEFAULTS)
     if unknown:
         raise TypeError(f"sample_adaptive: unknown options {sorted(unknown)}")
     o = dict(ADAPTIVE_DEFAULTS, **options)
-    if not 0 < o["tol"] <= MAX_TOL:
-        raise ValueError(f"sample_adaptive: tol must be in (0, {MAX_TOL:g}] (draft); for fewer model calls "
-                         "give a shorter schedule (fewer steps): it is the budget")
+    if not o["tol"] >= 0 or int(o["calls"]) < 1:
+        raise ValueError("sample_adaptive: tol must be >= 0 (0: never stop early), calls >= 1")
     if o["order"] not in (1, 2, 3, 4) or not 0 <= o["min_fraction"] <= 1:
         raise ValueError("sample_adaptive: order must be 1..4, min_fraction in [0, 1]")
     extra_args = {} if extra_args is None else extra_args

@@ -41,7 +41,7 @@ def adaptive_sampler(preset="balanced", **options):
     (sampling.ADAPTIVE_DEFAULTS names them, e.g. tol, eta, min_fraction, info)."""
     if preset not in sampling.PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return comfy.samplers.KSAMPLER(_sample, extra_options={"tol": sampling.PRESETS[preset], **options})
+    return comfy.samplers.KSAMPLER(_sample, extra_options={**sampling.PRESETS[preset], **options})
 
 
 def _options(preset, tolerance, eta=0.0):
@@ -51,13 +51,13 @@ def _options(preset, tolerance, eta=0.0):
     return preset, options
 
 
-PRESET_TOOLTIP = ("How hard each image is solved before it stops: draft (fewest model calls), balanced, "
-                  "quality (closest to a long exact solve).")
-TOLERANCE_TOOLTIP = ("Expert: the error allowed per step (RMS, latent units; the settled result gets a quarter "
-                     "of it); 0 uses the preset's ("
-                     + ", ".join(f"{name} {tol:g}" for name, tol in sampling.PRESETS.items())
-                     + "). At most draft's: looser ones stop so early that a fixed schedule of that length is as "
-                       "good; for fewer calls give fewer steps.")
+PRESET_TOOLTIP = ("Model calls spread evenly along the schedule's shape, at most its steps: "
+                  + ", ".join(f"{name} {p['calls']}" for name, p in sampling.PRESETS.items())
+                  + ". Fewer steps than that: every step is a call.")
+TOLERANCE_TOOLTIP = ("Expert: an image stops early once the calls it has left could change its result by less "
+                     "than this (RMS, latent units); 0 uses the preset's ("
+                     + ", ".join(f"{name} {p['tol']:g}" for name, p in sampling.PRESETS.items())
+                     + "). Larger stops earlier.")
 
 
 class SprintAdaptiveSampler(io.ComfyNode):
@@ -74,7 +74,7 @@ class SprintAdaptiveSampler(io.ComfyNode):
                          "the schedule's step count."),
             inputs=[
                 io.Combo.Input("preset", options=PRESETS, default="balanced", tooltip=PRESET_TOOLTIP),
-                io.Float.Input("tolerance", default=0.0, min=0.0, max=sampling.MAX_TOL, step=0.0005,
+                io.Float.Input("tolerance", default=0.0, min=0.0, max=1.0, step=0.0005,
                                tooltip=TOLERANCE_TOOLTIP),
                 io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Fresh noise per step (SDE steps, seeded by the sampling seed); 0 is "
