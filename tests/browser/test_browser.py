@@ -234,7 +234,7 @@ def test_graph_is_tidy(drive, name):
 
 @pytest.mark.parametrize("name", _workflow_names())
 def test_workflow_runs_as_shipped_and_its_badge_agrees(drive, name):
-    """Run pressed on the opened template (its checkpoint name as shipped) completes; the sampler's
+    """Run pressed on the opened template (its model file names as shipped) completes; the sampler's
     badge shows the run's own numbers, worded like the node's report; the badge is drawn."""
     run = drive["runs"][name]
     assert run["outcome"]["ok"], run["outcome"]["detail"]

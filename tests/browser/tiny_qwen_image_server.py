@@ -14,6 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 NODE_CLASS_MAPPINGS = {}        # a custom-node module; it adds no node
 
 
+@functools.cache
 def _synthetic():
     """bench.synthetic of the Sprint copy this server loaded (after this module, so looked up at use)."""
     spec = importlib.util.spec_from_file_location("sprint_test_hostlib", ROOT / "bench" / "host.py")
