@@ -30,6 +30,15 @@ def shared_taesd():
                  if (base / "shared" / "data" / "taesd" / "taef2_decoder.pth").is_file()), None)
 
 
+def loaded_pack():
+    """The copy of Sprint that ComfyUI loaded as a custom node, or None. ComfyUI names a pack's
+    module after its folder's absolute path; other copies of the pack (the tests' `sprint`,
+    pytest's package import under the clone's folder name) hold other module-level state."""
+    return next((m for name, m in list(sys.modules.items())
+                 if getattr(m, "__file__", None) and pathlib.Path(m.__file__).resolve() == PACK_ROOT / "__init__.py"
+                 and os.path.isabs(name)), None)
+
+
 class HostNotFound(RuntimeError):
     pass
 
@@ -96,13 +105,7 @@ class Host:
         self.import_failures = import_failures
         self.server = _ServerStub()
         self.executor = execution.PromptExecutor(self.server)
-        # ComfyUI names a pack's module after its folder's absolute path; other copies of the pack
-        # (the tests' `sprint`, pytest's package import under the clone's folder name) hold
-        # other module-level state.
-        module = next((m for name, m in sys.modules.items()
-                       if getattr(m, "__file__", None) and pathlib.Path(m.__file__).resolve() == PACK_ROOT / "__init__.py"
-                       and os.path.isabs(name)), None)
-        self.pack = module
+        module = self.pack = loaded_pack()
         if module is not None:     # enter ComfyUI's copy once: its bench wing imports the rest plainly
             importlib.import_module(f"{module.__name__}.bench.cli")
 

@@ -43,7 +43,7 @@ def load_pipeline(name, ckpt_name, size, steps=None):
     texts = iter((POSITIVE, NEGATIVE))
     for node in prompt.values():
         inputs = node["inputs"]
-        if node["class_type"] == "EmptyLatentImage":
+        if node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
             inputs["width"] = inputs["height"] = size
         elif node["class_type"] in ("CLIPTextEncode", "SprintCachedTextEncode"):
             inputs["text"] = next(texts)

@@ -4,7 +4,9 @@ and the exact Gaussian-mixture denoiser presented to ComfyUI as a model.
 Used by the benchmark (timings do not depend on weight values) and by the host tests. Built from
 ComfyUI's own config classes, so the code paths are the ones real checkpoints take.
 """
+import contextlib
 import copy
+import dataclasses
 import math
 import pathlib
 
@@ -15,10 +17,13 @@ import comfy.ldm.models.autoencoder
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.ops
 import comfy.sd
 import comfy.sd1_clip
 import comfy.supported_models
 import comfy.taesd.taesd
+import comfy.text_encoders.llama
+import comfy.text_encoders.qwen_vl
 import comfy.utils
 
 from ..engines import taehv, taesd
@@ -193,6 +198,57 @@ def family_conditioning(family, seed=0, tokens=None, width=None, overrides=None)
     elif family == "Lumina2":
         extra["attention_mask"] = torch.ones(1, tokens, dtype=torch.long)
     return [[torch.randn(1, tokens, width, generator=g), extra]]
+
+
+# Qwen-Image files at test size. ComfyUI 0.3.64 reads only in_channels and the block count from a
+# Qwen-Image diffusion model file, and builds the Qwen2.5-VL text encoder at its one real size
+# (3584 wide, 28 layers, a 1280-wide vision tower): a tiny file loads through UNETLoader and
+# CLIPLoader (type qwen_image) only while tiny_qwen_image_loaders() shrinks those sizes.
+QWEN_IMAGE_TINY_WIDTHS = {k: FAMILIES["QwenImage"][1][k]
+                          for k in ("attention_head_dim", "num_attention_heads", "joint_attention_dim", "axes_dims_rope")}
+# 64 wide = the tiny Qwen-Image's joint_attention_dim; 4 KV heads x 128 keep the k_proj bias at the
+# 512 that ComfyUI recognises Qwen2.5-7B by.
+QWEN_TEXT_TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+QWEN_VISION_TINY = {"hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "num_layers": 1}
+
+
+@contextlib.contextmanager
+def tiny_qwen_image_loaders():
+    """While active, ComfyUI builds Qwen-Image and its text encoder at the tiny sizes above (so the
+    files qwen_image_*_file writes load); everything is restored on exit."""
+    llama, qwen_vl = comfy.text_encoders.llama, comfy.text_encoders.qwen_vl
+    config = dataclasses.make_dataclass("TinyQwen25VLConfig", [(k, int, dataclasses.field(default=v))
+                                                               for k, v in QWEN_TEXT_TINY.items()],
+                                        bases=(llama.Qwen25_7BVLI_Config,))
+    vision = qwen_vl.Qwen2VLVisionTransformer
+    patches = {(comfy.supported_models.QwenImage, "unet_extra_config"): QWEN_IMAGE_TINY_WIDTHS,
+               (llama, "Qwen25_7BVLI_Config"): config,
+               (qwen_vl, "Qwen2VLVisionTransformer"): lambda **kw: vision(**dict(kw, **QWEN_VISION_TINY))}
+    saved = {where: getattr(*where) for where in patches}
+    try:
+        for (owner, name), value in patches.items():
+            setattr(owner, name, value)
+        yield
+    finally:
+        for (owner, name), value in saved.items():
+            setattr(owner, name, value)
+
+
+def qwen_image_diffusion_model_file(path, seed=0):
+    """The tiny Qwen-Image (FAMILIES) as a diffusion_models file UNETLoader detects as Qwen-Image."""
+    return save(family_model("QwenImage", seed).model.diffusion_model.state_dict(), path)
+
+
+def qwen_image_text_encoder_file(path, seed=0):
+    """A tiny Qwen2.5-VL text encoder (language model + vision tower, random weights) in the file
+    layout CLIPLoader loads with type qwen_image, its output as wide as the tiny Qwen-Image's text input."""
+    with tiny_qwen_image_loaders():
+        encoder = comfy.text_encoders.llama.Qwen25_7BVLI({}, torch.float32, "cpu", comfy.ops.manual_cast)
+    init_weights_(encoder, seed)
+    for m in encoder.modules():
+        if type(m).__name__ == "RMSNorm":        # init_weights_ zeroes their gains: every hidden state would be 0
+            torch.nn.init.ones_(m.weight)
+    return save(encoder.state_dict(), path)
 
 
 TINY_CLIP_CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,

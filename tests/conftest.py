@@ -174,11 +174,13 @@ def light_decoder(host, synthetic, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def comfy_server(host, sd15_checkpoint, tmp_path_factory):
-    """The real ComfyUI server on a loopback port (harness.Server), stopped after the session."""
+    """The real ComfyUI server on a loopback port (harness.Server), stopped after the session; it
+    loads Qwen-Image files at the sizes of the tiny stand-ins (tests/browser/tiny_qwen_image_server.py)."""
     import folder_paths
     import harness
     server = harness.Server(host.comfy_path, tmp_path_factory.mktemp("server-base"),
-                            folder_paths.get_folder_paths("checkpoints")[0], cpu=DEVICE == "cpu")
+                            folder_paths.get_folder_paths("checkpoints")[0], cpu=DEVICE == "cpu",
+                            custom_nodes=[ROOT / "tests" / "browser" / "tiny_qwen_image_server.py"])
     try:
         server.wait()
         yield server

@@ -104,13 +104,16 @@ def free_port():
 
 class Server:
     """The real ComfyUI server (main.py, --cpu unless cpu=False) on a loopback port, Sprint
-    reachable through an extra model-paths file, an in-memory database and a temp base directory."""
+    reachable through an extra model-paths file, an in-memory database and a temp base directory;
+    `custom_nodes`: test-only custom-node files linked into its custom_nodes folder."""
 
-    def __init__(self, comfy_path, base_dir, checkpoints_dir=None, cpu=True):
+    def __init__(self, comfy_path, base_dir, checkpoints_dir=None, cpu=True, custom_nodes=()):
         self.base_dir = pathlib.Path(base_dir)
         packs = self.base_dir / "packs"
         hostlib.link_pack(packs)
         (self.base_dir / "custom_nodes").mkdir(exist_ok=True)   # main.py lists it unconditionally
+        for module in custom_nodes:
+            (self.base_dir / "custom_nodes" / pathlib.Path(module).name).symlink_to(pathlib.Path(module).resolve())
         paths = {"sprint_test": {"base_path": str(self.base_dir), "custom_nodes": str(packs)}}
         if checkpoints_dir:
             paths["sprint_test"]["checkpoints"] = str(checkpoints_dir)

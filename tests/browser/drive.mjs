@@ -153,7 +153,7 @@ try {
       for (const n of nodes) {
         if (n.type === "SprintCachedTextEncode") widget(n, "text").value += ` (${stamp})`;
         if (widget(n, "seed")) widget(n, "seed").value = Date.now() % 1000000;
-        if (n.type === "EmptyLatentImage") { widget(n, "width").value = size; widget(n, "height").value = size; }
+        if (["EmptyLatentImage", "EmptySD3LatentImage"].includes(n.type)) { widget(n, "width").value = size; widget(n, "height").value = size; }
         if (widget(n, "steps")) widget(n, "steps").value = Math.min(widget(n, "steps").value, max_steps);
       }
       const sampler = nodes.find((n) => n.type === "SprintKSampler");

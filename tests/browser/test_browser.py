@@ -5,7 +5,8 @@ One drive per session: the page loads, each bundled workflow is opened the way a
 (Templates dialog -> Custom Nodes / Sprint -> its card), its geometry is read from app.graph (node
 and group boxes, wires sampled along the drawn splines, the view), and each is run as shipped:
 the server holds files under the names the workflows and the README give (stand-ins: the shallow
-test checkpoint and a random-weight light decoder). The tests judge what it recorded; screenshots are kept in test-artifacts/browser/.
+test checkpoint, random-weight light decoders, and tiny random-weight Qwen-Image and Qwen2.5-VL
+files, which the server loads at their sizes: tiny_qwen_image_server.py). The tests judge what it recorded; screenshots are kept in test-artifacts/browser/.
 Needs node, Chromium ($SPRINT_CHROMIUM or /usr/bin/chromium) and playwright-core
 ($SPRINT_NODE_MODULES or ~/.cache/sprint/node/node_modules, see .ci/env.sh); without them the tier
 is skipped with one line, or fails when SPRINT_REQUIRE_BROWSER=1.
@@ -33,6 +34,7 @@ BADGE_COLORS = {"ok": (0x1f, 0x6f, 0x43), "warn": (0x9a, 0x5b, 0x00)}   # web/sp
 # The model files the workflows and the README name (placed here as stand-ins of those names).
 README_CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
 README_DECODER = "taesd_decoder.pth"
+LOADERS = ("CheckpointLoaderSimple", "UNETLoader", "CLIPLoader")   # nodes whose first widget names a model file
 MIN_SCALE = 0.7          # the opening zoom: node titles (14 px) at >= 10 px on screen
 
 
@@ -78,6 +80,13 @@ def drive(browser_tools, comfy_server, sd15_checkpoint, synthetic, tmp_path_fact
     vae_approx = comfy_server.base_dir / "models" / "vae_approx"
     vae_approx.mkdir(parents=True, exist_ok=True)
     torch.save(synthetic.taesd_decoder_file(synthetic.taesd_state_dict(seed=4)), vae_approx / README_DECODER)
+    # The Qwen-Image workflow's files, under the names its models list gives.
+    writers = {"diffusion_models": synthetic.qwen_image_diffusion_model_file,
+               "text_encoders": synthetic.qwen_image_text_encoder_file,
+               "vae_approx": lambda path: torch.save(synthetic.light_decoder_state_dict("taew2_1"), path)}
+    for entry in json.loads((WORKFLOWS / "sprint_fast_qwen_image.json").read_text())["models"]:
+        (comfy_server.base_dir / "models" / entry["directory"]).mkdir(parents=True, exist_ok=True)
+        writers[entry["directory"]](comfy_server.base_dir / "models" / entry["directory"] / entry["name"])
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     work = tmp_path_factory.mktemp("browser")
@@ -210,15 +219,22 @@ def test_graph_is_tidy(drive, name):
             assert any(_inside(corner, g["box"], -1) for g in groups
                        for corner in [(node["box"][0] + node["box"][2] / 2, node["box"][1] + node["box"][3] / 2)]), \
                 f"{node['title']} is in no group"
+    # Every file a loader names is in the workflow's models list (the missing-models dialog offers
+    # it) and in its "Get the models" note; SD checkpoints go by the README's name.
     ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
-    loaders = [n for n in ui["nodes"] if n["type"] == "CheckpointLoaderSimple"]
-    assert loaders and all(n["widgets_values"][0] == README_CHECKPOINT for n in loaders)
-    assert README_CHECKPOINT in (ROOT / "README.md").read_text()
+    shipped = {m["name"] for m in ui["models"]}
+    named = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] in LOADERS]
+    assert named and set(named) <= shipped, (named, shipped)
+    guide = next(n for n in ui["nodes"] if n.get("title") == "Get the models")["widgets_values"][0]
+    assert [f for f in sorted(shipped) if f"`{f}`" not in guide] == []
+    checkpoints = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "CheckpointLoaderSimple"]
+    assert all(c == README_CHECKPOINT for c in checkpoints)
+    assert not checkpoints or README_CHECKPOINT in (ROOT / "README.md").read_text()
 
 
 @pytest.mark.parametrize("name", _workflow_names())
 def test_workflow_runs_as_shipped_and_its_badge_agrees(drive, name):
-    """Run pressed on the opened template (its checkpoint name as shipped) completes; the sampler's
+    """Run pressed on the opened template (its model file names as shipped) completes; the sampler's
     badge shows the run's own numbers, worded like the node's report; the badge is drawn."""
     run = drive["runs"][name]
     assert run["outcome"]["ok"], run["outcome"]["detail"]
