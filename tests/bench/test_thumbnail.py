@@ -1,4 +1,6 @@
-"""`python <Sprint> thumbnail`: a bundled workflow's own output becomes a square JPEG card image."""
+"""`python <Sprint> thumbnail`: a bundled workflow's Templates card. By default a grid of the trained
+dev model's samples under the workflow's own sampling (recognisable classes, the same file every
+time); with --ckpt the workflow's own output as a square JPEG."""
 import os
 
 import pytest
@@ -6,6 +8,46 @@ import pytest
 import harness
 
 pytestmark = pytest.mark.host
+
+
+def card_accuracy(path, side):
+    """The dev classifier's class accuracy on a dev card's tiles, read back from the JPEG (each
+    tile box-averaged to the dev model's 16 px; rows are the classes in dev.CLASSES order)."""
+    import numpy
+    import torch
+    from PIL import Image
+    from sprint.bench import dev, thumbnail
+    from sprint.engines import metrics
+    card = Image.open(path).convert("L")
+    _, boxes = thumbnail.layout(side, len(dev.CLASSES), 4, dev.SIZE)
+    tiles = [numpy.asarray(card.crop(box).resize((dev.SIZE, dev.SIZE), Image.Resampling.BOX)) for row in boxes for box in row]
+    gray = torch.from_numpy(numpy.stack(tiles)).float()[:, None] / 255 * 2 - 1
+    labels = torch.arange(len(dev.CLASSES)).repeat_interleave(4)
+    with torch.no_grad():
+        return metrics.class_accuracy(dev.classifier()(gray), labels)
+
+
+def test_dev_thumbnail_shows_recognisable_classes_and_is_deterministic(host, tmp_path):
+    from PIL import Image
+    cards = [tmp_path / "card1.jpg", tmp_path / "card2.jpg"]
+    for out in cards:
+        run = harness.cli(host, "thumbnail", "sprint_fast", "--side", "256", "--out", out, cache=tmp_path)
+        assert "SprintKSampler balanced preset, karras, 7 steps, cfg 8, SprintDynamicCFG interval" in run.stdout
+        assert f"wrote {out} (256x256: 4 classes x 4 seeds" in run.stdout
+    image = Image.open(cards[0])
+    assert image.format == "JPEG" and image.size == (256, 256)
+    assert cards[0].read_bytes() == cards[1].read_bytes()            # the same card every time
+    assert card_accuracy(cards[0], 256) >= 0.5                        # chance 0.25; noise tiles are not classes
+    assert not list(tmp_path.glob(".card*.partial"))                  # written atomically, nothing left beside it
+
+
+@pytest.mark.parametrize("name", ["sprint_fast", "sprint_quality"])
+def test_shipped_cards_show_dev_model_samples(host, name):
+    """The committed cards are dev renders at the default side (not screenshots, not noise)."""
+    from PIL import Image
+    path = harness.hostlib.PACK_ROOT / "example_workflows" / f"{name}.jpg"
+    assert Image.open(path).size == (512, 512)
+    assert card_accuracy(path, 512) >= 0.5
 
 
 def test_thumbnail_renders_the_workflow_output(host, sd15_checkpoint, light_decoder, tmp_path):
