@@ -53,7 +53,7 @@ def test_node_path_equals_engine_path(host, synthetic, mixture, model_type, deno
             state, s = state / keep.reshape(-1, 1, 1, 1), s / keep
         return mixture.denoise(state, s).to(x.dtype)
     engine_info = {}
-    want = sampling.sample_adaptive(denoise_fn, x_T, sigmas, tol=sampling.PRESETS["balanced"], flow=flow,
+    want = sampling.sample_adaptive(denoise_fn, x_T, sigmas, **sampling.PRESETS["balanced"], flow=flow,
                                     info=engine_info)
     assert torch.equal(info["nfe"], engine_info["nfe"])
     assert evaluation.rmse(out, want).max() < 1e-4
