@@ -20,6 +20,7 @@ from .run import provide_checkpoint, provide_light_decoder, with_checkpoint
 
 BACKGROUND, INK = (24, 24, 24), (220, 220, 220)
 CKPT_ONLY = ("light_decoder", "size")
+DEV_MODELS = {"eps": "EPS UNet (SD1.x)", "flow": "flow MMDiT (SD3)"}
 
 
 def configure(parser):
@@ -105,7 +106,7 @@ def dev_render(name, seeds):
     setup = Setup(p.kind, seeds, None, noise_seed=0)
     vae = dev.comfy_vae(p.kind, dev.metadata(p.kind)["gain"])
     left_out = ("; its 2x two-stage upscale left out (the dev model knows one size)" if p.upscaled else "")
-    print(f"rendering {name} on the trained dev {p.kind.upper()} model ({type(setup.model.model).__name__}): "
+    print(f"rendering {name} on the trained dev {DEV_MODELS[p.kind]}: "
           f"{p.describe()}{left_out}; {len(dev.CLASSES)} classes x {seeds} seeds, decoded with the dev codec ...",
           flush=True)
     _, images = p(setup.model, setup.positive, setup.negative, {"samples": torch.zeros_like(setup.noise)},
