@@ -64,13 +64,16 @@ def command(host, args):
 
 
 class Pipeline:
-    """One pipeline's sampling and guidance as its graph ships them: (dynamic CFG settings or None,
-    sampler node type, its widget inputs)."""
+    """One pipeline's sampling and guidance as its graph ships them: (ModelSamplingAuraFlow shift or
+    None, dynamic CFG settings or None, sampler node type, its widget inputs), and the dev model
+    family the graph samples (`kind`: "flow" where its latent or model sampling is a flow one's)."""
 
     def __init__(self, name, steps=None, cfg=None):
         inputs = {node["class_type"]: {k: v for k, v in node["inputs"].items() if not isinstance(v, list)}
                   for node in graph(name).values()}
         self.name, self.guidance = name, inputs.get("SprintDynamicCFG")
+        self.shift = inputs.get("ModelSamplingAuraFlow", {}).get("shift")
+        self.kind = "flow" if {"ModelSamplingAuraFlow", "EmptySD3LatentImage"} & inputs.keys() else "eps"
         self.sampler = next(t for t in SAMPLERS if t in inputs)
         self.inputs = dict(inputs[self.sampler], **({"steps": steps} if steps else {}), **({"cfg": cfg} if cfg is not None else {}))
         self.upscaled = "SprintTwoStageUpscale" in inputs
@@ -80,11 +83,19 @@ class Pipeline:
         how = (f"{s['sampler_name']}/{s['scheduler']}" if self.sampler == "KSampler" else f"{s['preset']} preset, {s['scheduler']}")
         cfg_text = (f"SprintDynamicCFG {self.guidance['schedule']} ({self.guidance['sigma_low']:g}, "
                     f"{self.guidance['sigma_high']:g}]" if self.guidance else "plain CFG")
-        return f"{self.sampler} {how}, {s['steps']} steps, cfg {s['cfg']:g}, {cfg_text}"
+        shift = f"ModelSamplingAuraFlow shift {self.shift:g}, " if self.shift is not None else ""
+        return f"{shift}{self.sampler} {how}, {s['steps']} steps, cfg {s['cfg']:g}, {cfg_text}"
 
     def model(self, model):
-        """The MODEL the sampler gets: patched by SprintDynamicCFG if the graph has it."""
+        """The MODEL the sampler gets: the graph's ModelSamplingAuraFlow shift and SprintDynamicCFG,
+        if it has them. The shift goes through the node's own patch with the model's own timestep
+        multiplier: the node's 1.0 is the convention of the models it is made for (AuraFlow,
+        Qwen-Image: their own multiplier too), the dev MMDiT keeps SD3's 1000."""
         from ..nodes.dynamic_cfg import SprintDynamicCFG
+        if self.shift is not None:
+            from comfy_extras.nodes_model_advanced import ModelSamplingAuraFlow
+            multiplier = model.get_model_object("model_sampling").multiplier
+            model = ModelSamplingAuraFlow().patch(model, self.shift, multiplier=multiplier)[0]
         return SprintDynamicCFG.execute(model, **self.guidance).args[0] if self.guidance else model
 
     def __call__(self, model, positive, negative, latent, seed, vae):

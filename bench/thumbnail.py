@@ -1,8 +1,9 @@
 """`thumbnail`: a bundled workflow's Templates card image (example_workflows/<name>.jpg beside it).
 
-Default: what the workflow's own sampling makes of the trained dev EPS model (bench/dev.py), no
-checkpoint needed: its SprintDynamicCFG and sampler settings as shipped (bench/main_job.Pipeline
-reads them off the API twin) sample every class prompt against the empty prompt for a few seeds,
+Default: what the workflow's own sampling makes of the trained dev model of its family (bench/dev.py:
+the EPS UNet, or the flow MMDiT for a flow workflow such as sprint_fast_qwen_image), no checkpoint
+needed: its ModelSamplingAuraFlow shift, SprintDynamicCFG and sampler settings as shipped
+(bench/main_job.Pipeline reads them off the API twin) sample every class prompt against the empty prompt for a few seeds,
 and the 16 px outputs are laid out as one labelled row per class, each tile scaled up without
 smoothing. The dev model knows one size and the dev codec decodes, so a two-stage upscale or light
 VAE in the graph is left out (said so). `--ckpt`: the workflow itself run as shipped (its prompt,
@@ -19,6 +20,7 @@ from .run import provide_checkpoint, provide_light_decoder, with_checkpoint
 
 BACKGROUND, INK = (24, 24, 24), (220, 220, 220)
 CKPT_ONLY = ("light_decoder", "size")
+DEV_MODELS = {"eps": "EPS UNet (SD1.x)", "flow": "flow MMDiT (SD3)"}
 
 
 def configure(parser):
@@ -90,23 +92,23 @@ def write_jpeg(image, out):
 
 def dev_render(name, seeds):
     """(IMAGE [classes * seeds, 16, 16, 3], the dev classifier's class accuracy on it):
-    bundled workflow `name`'s sampling and guidance on the trained dev EPS model, one batch with
-    the workflow's own seed."""
+    bundled workflow `name`'s model sampling, guidance and sampling on the trained dev model of its
+    family (EPS UNet, or the flow MMDiT for a flow workflow), one batch with the workflow's own seed."""
     import torch
     from . import dev
     from .main_job import Pipeline
-    from .main_job_full import PIPELINES
     from .quality import Setup
-    pipeline = name.removeprefix("sprint_")
-    if pipeline not in PIPELINES or pipeline == "stock":
-        raise SystemExit(f"{name}: the dev render knows the bundled workflows (sprint_fast, sprint_quality); "
+    bundled = sorted(p.stem for p in (WORKFLOWS / "api").glob("sprint_*.json"))
+    if name not in bundled:
+        raise SystemExit(f"{name}: the dev render knows the bundled workflows ({', '.join(bundled)}); "
                          f"for another workflow give --ckpt")
-    p = Pipeline(pipeline)
-    setup = Setup("eps", seeds, None, noise_seed=0)
-    vae = dev.comfy_vae("eps", dev.metadata("eps")["gain"])
+    p = Pipeline(name.removeprefix("sprint_"))
+    setup = Setup(p.kind, seeds, None, noise_seed=0)
+    vae = dev.comfy_vae(p.kind, dev.metadata(p.kind)["gain"])
     left_out = ("; its 2x two-stage upscale left out (the dev model knows one size)" if p.upscaled else "")
-    print(f"rendering {name} on the trained dev EPS model: {p.describe()}{left_out}; {len(dev.CLASSES)} classes x "
-          f"{seeds} seeds, decoded with the dev codec ...", flush=True)
+    print(f"rendering {name} on the trained dev {DEV_MODELS[p.kind]}: "
+          f"{p.describe()}{left_out}; {len(dev.CLASSES)} classes x {seeds} seeds, decoded with the dev codec ...",
+          flush=True)
     _, images = p(setup.model, setup.positive, setup.negative, {"samples": torch.zeros_like(setup.noise)},
                   p.inputs.get("seed", 0), vae)
     with torch.no_grad():

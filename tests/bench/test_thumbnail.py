@@ -27,12 +27,18 @@ def card_accuracy(path, side):
         return metrics.class_accuracy(dev.classifier()(gray), labels)
 
 
-def test_dev_thumbnail_shows_recognisable_classes_and_is_deterministic(host, tmp_path):
+@pytest.mark.parametrize("name, model, sampling", [
+    ("sprint_fast", "EPS UNet (SD1.x)", "SprintKSampler balanced preset, karras, 7 steps, cfg 8, SprintDynamicCFG interval"),
+    ("sprint_fast_qwen_image", "flow MMDiT (SD3)",
+     "ModelSamplingAuraFlow shift 3.1, SprintKSampler balanced preset, simple, 10 steps, cfg 2.5, SprintDynamicCFG interval"),
+])
+def test_dev_thumbnail_shows_recognisable_classes_and_is_deterministic(host, tmp_path, name, model, sampling):
+    """Each workflow renders on the dev model of its family with its own settings as shipped."""
     from PIL import Image
     cards = [tmp_path / "card1.jpg", tmp_path / "card2.jpg"]
     for out in cards:
-        run = harness.cli(host, "thumbnail", "sprint_fast", "--side", "256", "--out", out, cache=tmp_path)
-        assert "SprintKSampler balanced preset, karras, 7 steps, cfg 8, SprintDynamicCFG interval" in run.stdout
+        run = harness.cli(host, "thumbnail", name, "--side", "256", "--out", out, cache=tmp_path)
+        assert f"on the trained dev {model}: {sampling}" in run.stdout
         assert f"wrote {out} (256x256: 4 classes x 4 seeds" in run.stdout
     image = Image.open(cards[0])
     assert image.format == "JPEG" and image.size == (256, 256)
@@ -41,7 +47,7 @@ def test_dev_thumbnail_shows_recognisable_classes_and_is_deterministic(host, tmp
     assert not list(tmp_path.glob(".card*.partial"))                  # written atomically, nothing left beside it
 
 
-@pytest.mark.parametrize("name", ["sprint_fast", "sprint_quality"])
+@pytest.mark.parametrize("name", ["sprint_fast", "sprint_quality", "sprint_fast_qwen_image"])
 def test_shipped_cards_show_dev_model_samples(host, name):
     """The committed cards are dev renders at the default side (not screenshots, not noise)."""
     from PIL import Image
@@ -72,3 +78,15 @@ def test_thumbnail_refuses_a_light_decoder_workflow_without_its_decoder(host, sd
                           "thumbnail", "sprint_fast", "--ckpt", ckpt], capture_output=True, text=True, timeout=600,
                          env=dict(os.environ, SPRINT_CACHE=str(tmp_path)))
     assert run.returncode != 0 and "give --light-decoder" in run.stderr
+
+
+def test_flow_workflow_samples_the_dev_mmdit_at_its_own_shift(host):
+    """The Qwen-Image workflow's ModelSamplingAuraFlow shift reaches the dev MMDiT through the node's
+    patch, with the MMDiT's own timestep multiplier (SD3's 1000, not the node's 1.0 for Qwen-Image)."""
+    from sprint.bench import dev, main_job
+    flow, eps = main_job.Pipeline("fast_qwen_image"), main_job.Pipeline("fast")
+    assert (flow.kind, flow.shift, eps.kind, eps.shift) == ("flow", 3.1, "eps", None)
+    model = dev.model_patcher("flow")
+    sampling = flow.model(model).get_model_object("model_sampling")
+    assert sampling.shift == 3.1 and sampling.multiplier == 1000
+    assert model.get_model_object("model_sampling").shift == 3.0          # the loaded model itself untouched
