@@ -161,8 +161,8 @@ def edm_adams_step(x, lam, points, target, flow=False, order=4, new=None):
     y = x / alpha, s = sigma / alpha = e^-lambda, dy/ds = g = (y - D) / s, the noise prediction.
 
     `points` are accepted solver points ((denoised, lambda, x), newest first; x = the state at lambda),
-    the step starts at the newest (state x, log-SNR lam) and ends at `target` (inf: sigma = 0, the
-    final jump). g is interpolated through the newest `order` points in s on the actual (non-uniform)
+    the step starts at the newest (state x, log-SNR lam) and ends at `target` (finite: the sampler's
+    last call is at the schedule's last sigma, whose prediction is the result). g is interpolated through the newest `order` points in s on the actual (non-uniform)
     steps: the Adams-Bashforth predictor. With `new` = (denoised, x) evaluated at the target it is
     the Adams-Moulton corrector of the same order (new point plus order - 1 old ones): the PECE pair
     of Hairer, Norsett & Wanner, "Solving ODEs I", III.1. The predictor is rho-AB-DEIS (Zhang & Chen
@@ -173,7 +173,7 @@ def edm_adams_step(x, lam, points, target, flow=False, order=4, new=None):
     the PECE pair errs 1.5e-2 RMSE, iPNDM 2.6e-2, DPM-Solver++(3M) with UniC corrector 4.7e-2).
     """
     s0 = math.exp(-lam)
-    s1 = math.exp(-target) if math.isfinite(target) else 0.0
+    s1 = math.exp(-target)
     pts = points[:order - (new is not None)]
     nodes = [math.exp(-l) - s0 for _, l, _ in pts]
     values = [(xp * _inv_alpha(l, flow) - d) / math.exp(-l) for d, l, xp in pts]
@@ -185,7 +185,7 @@ def edm_adams_step(x, lam, points, target, flow=False, order=4, new=None):
     y = x * _inv_alpha(lam, flow)
     for cj, value in zip(c.tolist(), values):
         y = y + cj * value
-    return y / _inv_alpha(target, flow) if math.isfinite(target) else y
+    return y / _inv_alpha(target, flow)
 
 
 class _Trajectory:
