@@ -83,12 +83,12 @@ def captured_events():
         else:
             server.PromptServer.instance = previous
 
-def cli(host, *args, cache=None, timeout=900):
+def cli(host, *args, cache=None, timeout=900, env=None):
     """`python <Sprint> --comfyui <host> ARGS` as a user runs it (with --gpu in the CUDA tier), with
-    its cache in `cache`; returns the finished process (stdout, stderr as text) after asserting it
-    succeeded."""
+    its cache in `cache` and `env` added to the environment; returns the finished process (stdout,
+    stderr as text) after asserting it succeeded."""
     import os
-    env = dict(os.environ, **({"SPRINT_CACHE": str(cache)} if cache else {}))
+    env = dict(os.environ, **({"SPRINT_CACHE": str(cache)} if cache else {}), **(env or {}))
     gpu = ["--gpu"] if os.environ.get("SPRINT_TEST_DEVICE") == "cuda" else []
     run = subprocess.run([sys.executable, str(hostlib.PACK_ROOT), "--comfyui", str(host.comfy_path), *gpu, *map(str, args)],
                          capture_output=True, text=True, timeout=timeout, env=env)
