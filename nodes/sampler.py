@@ -91,12 +91,14 @@ class SprintAdaptiveSampler(io.ComfyNode):
 
 
 def _sigmas(model, scheduler, steps, denoise):
-    """The schedule KSampler would use (denoise < 1: the tail of a longer one)."""
+    """The schedule KSampler.set_steps builds: the whole one (ddim_uniform can give more than
+    `steps` steps), or for denoise < 1 the last steps + 1 sigmas of a longer one."""
     if denoise <= 0:
         return torch.zeros(0)           # nothing to sample: the latent comes back unchanged, as in KSampler
-    total = steps if denoise >= 1 else int(steps / denoise)
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
-    return sigmas[-(steps + 1):]
+    ms = model.get_model_object("model_sampling")
+    if denoise > 0.9999:
+        return comfy.samplers.calculate_sigmas(ms, scheduler, steps).cpu()
+    return comfy.samplers.calculate_sigmas(ms, scheduler, int(steps / denoise)).cpu()[-(steps + 1):]
 
 
 def report(info):

@@ -64,6 +64,16 @@ def test_node_path_equals_engine_path(host, synthetic, mixture, model_type, deno
         assert evaluation.rmse(out, ref).max() < 0.05
 
 
+@pytest.mark.parametrize("scheduler", ["karras", "ddim_uniform", "beta", "simple"])
+@pytest.mark.parametrize("denoise", [1.0, 0.6])
+def test_schedule_is_ksamplers(host, synthetic, mixture, scheduler, denoise):
+    """SprintKSampler samples on KSampler's own schedule, ddim_uniform's extra step included."""
+    import comfy.samplers
+    model = synthetic.gmm_model(mixture)
+    stock = comfy.samplers.KSampler(model, 6, "cpu", sampler="euler", scheduler=scheduler, denoise=denoise)
+    assert torch.equal(host.pack.nodes.sampler._sigmas(model, scheduler, 6, denoise), stock.sigmas.cpu())
+
+
 def test_cancel_stops_sampling(host, synthetic, mixture):
     import comfy.model_management as mm
     sigmas = host.pack.nodes.sampler._sigmas(synthetic.gmm_model(mixture), "karras", 20, 1.0)
