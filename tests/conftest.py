@@ -85,6 +85,18 @@ def _tiers(request):
         pytest.skip(f"CPU-specific ({cpu_only.args[0] if cpu_only.args else 'CPU host only'})")
 
 
+def pytest_sessionfinish(session):
+    """Free the host's models while ComfyUI's modules still exist: a ModelPatcher collected at
+    interpreter exit prints an ignored AttributeError from its __del__."""
+    if _host_state["host"] is not None:
+        import gc
+        import comfy.model_management
+        import harness
+        harness.OBJECTS.clear()                 # what the tests' graphs were handed
+        comfy.model_management.unload_all_models()
+        gc.collect()
+
+
 def pytest_terminal_summary(terminalreporter):
     """One line for all skips, counted by reason (a missing host or browser is named once)."""
     reasons = {}
