@@ -216,10 +216,6 @@ def boot(comfy_path=None, base_dir=None, cpu=True, attention=None):
     return host
 
 
-DEFAULT_CHECKPOINT = "sprint_random_sd15.safetensors"
-DEFAULT_LIGHT_DECODER = "taesd_decoder.safetensors"
-
-
 def provide_model_file(folder, given, default_name, write, what=None):
     """Make a model file visible in the host's models/<folder>; returns its name there.
 

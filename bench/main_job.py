@@ -27,19 +27,22 @@ from .main_job_full import PIPELINES, SAMPLERS, graph
 from .meters import ModelCalls, device_name, timed
 from .quality import Setup, index_metrics, reference_sampler
 
-FULL_ONLY = ("ckpt", "light_decoder", "size")
+FULL_ONLY = ("arch", "ckpt", "light_decoder", "size")
 NOISE_SIGMAS = 2            # a difference counts as worse when it exceeds this many bootstrap stds
 
 
 def configure(parser):
     """`bench`: stock txt2img vs Sprint fast vs Sprint quality, side by side (trained dev model; --full: SD1.5 size)."""
-    parser.add_argument("--full", action="store_true", help="the full-size measurement: an SD1.5-architecture "
-                        "checkpoint (default: random weights, 2.1 GB written once) through the real executor")
-    parser.add_argument("--ckpt", help="--full: checkpoint file (default: a full SD1.5-architecture model with random "
+    parser.add_argument("--full", action="store_true", help="the full-size measurement: an SD1.5- or SDXL-architecture "
+                        "(--arch) checkpoint (default: random weights, written once) through the real executor")
+    parser.add_argument("--arch", choices=("sd15", "sdxl"), help="--full: the architecture of the random-weight "
+                        "checkpoint and light decoder (default sd15, 2.1 GB; sdxl: 6.9 GB, 1024 px)")
+    parser.add_argument("--ckpt", help="--full: checkpoint file (default: a full --arch model with random "
                                        "weights, written once and said so)")
-    parser.add_argument("--light-decoder", help="--full: taesd decoder file for the fast workflow's light VAE "
-                                                "(default: random weights, same architecture)")
-    parser.add_argument("--size", type=int, help="--full: image side in pixels (default 256; quality upscales it 2x)")
+    parser.add_argument("--light-decoder", help="--full: the light decoder file of --arch (taesd / taesdxl) for the "
+                        "fast workflow's light VAE (default: random weights, same architecture)")
+    parser.add_argument("--size", type=int, help="--full: image side in pixels (default 256, sdxl 1024; quality "
+                                                 "upscales it 2x)")
     parser.add_argument("--steps", type=int, help="override every pipeline's steps (default: stock 20, the workflows "
                                                   "as shipped)")
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds (--full: after one untimed warm-up round)")
@@ -55,7 +58,8 @@ def configure(parser):
 
 def command(host, args):
     if args.full:
-        args.size, args.ref_steps = args.size or 256, args.ref_steps or 60
+        args.arch = args.arch or "sd15"
+        args.size, args.ref_steps = args.size or (1024 if args.arch == "sdxl" else 256), args.ref_steps or 60
         return main_job_full.command(host, args)
     if given := [f"--{a.replace('_', '-')}" for a in FULL_ONLY if getattr(args, a) is not None]:
         raise SystemExit(f"{', '.join(given)}: only with --full (the default runs the trained dev model)")

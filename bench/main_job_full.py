@@ -81,8 +81,8 @@ def latent_rmse(a, b):
 
 def command(host, args):
     import comfy.model_management
-    ckpt_name = provide_checkpoint(args.ckpt)
-    provide_light_decoder(args.light_decoder)
+    ckpt_name = provide_checkpoint(args.ckpt, args.arch)
+    provide_light_decoder(args.light_decoder, args.arch)
     names = [n for n in args.pipelines.split(",") if n]
     if unknown := set(names) - set(PIPELINES):
         raise SystemExit(f"unknown pipelines {sorted(unknown)}; choose from {', '.join(PIPELINES)}")
@@ -90,7 +90,8 @@ def command(host, args):
     device = comfy.model_management.get_torch_device()
     cuda = getattr(device, "type", "cpu") == "cuda"
     print(f"ComfyUI {host.comfy_path} | device {device_name(device)} | checkpoint {ckpt_name}"
-          + ("" if args.ckpt else " (SD1.5 architecture, random weights: times and calls are real, images are noise)"))
+          + ("" if args.ckpt else f" ({args.arch.upper()} architecture, random weights: times and calls are real, "
+                                  "images are noise)"))
     budgets = {n: [v["inputs"]["steps"] for v in p.values() if "steps" in v["inputs"]] for n, p in prompts.items()}
     print(f"{args.size}x{args.size} px, prompt {POSITIVE!r}, steps {budgets}; quality upscales to 2x; "
           f"{args.repeat} timed round(s) after a warm-up, medians")

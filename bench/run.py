@@ -25,18 +25,31 @@ def stock_txt2img(ckpt_name, width=512, height=512, steps=20, cfg=8.0, seed=0, p
     }
 
 
-def provide_checkpoint(ckpt=None):
-    """A checkpoint loadable by CheckpointLoaderSimple: `ckpt`, else a full SD1.5-architecture one
-    with random weights (full KL VAE; about 2.1 GB in fp16)."""
-    return hostlib.provide_model_file("checkpoints", ckpt, hostlib.DEFAULT_CHECKPOINT,
-                                      lambda path: synthetic.write_sd15_checkpoint(path, unet="full", vae="kl", seed=0),
-                                      what="SD1.5 checkpoint (about 2.1 GB)")
+# The random-weight stand-ins written once when no file is given: architecture -> (file name, what
+# it is, writer, the light decoder variant its latents take).
+STAND_INS = {
+    "sd15": ("sprint_random_sd15.safetensors", "SD1.5 checkpoint (about 2.1 GB)",
+             lambda path: synthetic.write_sd15_checkpoint(path, unet="full", vae="kl", seed=0), "taesd"),
+    "sdxl": ("sprint_random_sdxl.safetensors", "SDXL checkpoint (about 6.9 GB)",
+             lambda path: synthetic.write_sdxl_checkpoint(path, vae="kl", seed=0), "taesdxl"),
+}
 
 
-def provide_light_decoder(decoder=None):
-    """The SD1.x light VAE decoder in models/vae_approx: `decoder`, else a random-weight taesd one."""
-    return hostlib.provide_model_file("vae_approx", decoder, hostlib.DEFAULT_LIGHT_DECODER, synthetic.write_taesd_decoder,
-                                      what="taesd light decoder (about 5 MB)")
+def provide_checkpoint(ckpt=None, arch="sd15"):
+    """A checkpoint loadable by CheckpointLoaderSimple: `ckpt`, else the full-size `arch` one with
+    random weights (full KL VAE)."""
+    name, what, write, _ = STAND_INS[arch]
+    return hostlib.provide_model_file("checkpoints", ckpt, name, write, what=what)
+
+
+def provide_light_decoder(decoder=None, arch="sd15"):
+    """The light VAE decoder of `arch`'s latents in models/vae_approx: `decoder`, else one with
+    random weights."""
+    variant = STAND_INS[arch][3]
+    return hostlib.provide_model_file(
+        "vae_approx", decoder, f"{variant}_decoder.safetensors",
+        lambda path: synthetic.save(synthetic.light_decoder_state_dict(variant), path),
+        what=f"{variant} light decoder (about 5 MB)")
 
 
 def with_checkpoint(prompt, ckpt_name):

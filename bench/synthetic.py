@@ -328,21 +328,44 @@ def small_kl_vae(seed=0):
                         config={"params": {"embed_dim": 4, "ddconfig": SMALL_KL_DDCONFIG}})
 
 
-def sd15_checkpoint_state_dict(unet="shallow", vae="taesd", seed=0, dtype=torch.float16):
-    """A whole SD1.5 checkpoint (UNet "shallow" or "full", full CLIP-L, and a full KL VAE or a
-    TAESD) in the original key layout, so CheckpointLoaderSimple detects it as SD15."""
-    unet = sd15_model(unet, seed).model.diffusion_model.state_dict()
-    clip = sd15_clip(tiny=False, seed=seed + 1).cond_stage_model.state_dict()
+# The real SDXL base UNet (~2.6 B params) as model_detection reads it from a checkpoint: nothing
+# smaller is detected as SDXL (its supported-model class matches width and depths exactly).
+SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+             "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
+             "model_channels": 320, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
+             "channel_mult": [1, 2, 4], "transformer_depth_middle": 10, "use_linear_in_transformer": True,
+             "context_dim": 2048, "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+             "use_temporal_attention": False, "use_temporal_resblock": False}
+
+
+def sdxl_model(seed=0, dtype=torch.float16, device=None):
+    """The SDXL base model (BaseModel) with random weights, built in `dtype` (fp16: 5.2 GB)."""
+    conf = comfy.supported_models.SDXL(dict(SDXL_UNET))
+    conf.set_inference_dtype(dtype, None)
+    return init_weights_(conf.get_model({}, device=device), seed)
+
+
+def checkpoint_state_dict(base, clip, vae="taesd", seed=0, dtype=torch.float16):
+    """A whole checkpoint of `base` (a BaseModel), `clip` (comfy.sd.CLIP) and a full KL VAE or a
+    TAESD, all random, in the original key layout ComfyUI's own checkpoint saving writes, so
+    CheckpointLoaderSimple detects its family."""
     first_stage = taesd_state_dict(seed=seed + 2) if vae == "taesd" else kl_state_dict(FULL_KL_DDCONFIG, seed + 2)
-    sd = {f"model.diffusion_model.{k}": v for k, v in unet.items()}
-    sd.update({k.replace("clip_l.", "cond_stage_model.", 1): v for k, v in clip.items()})
-    sd.update({f"first_stage_model.{k}": v for k, v in first_stage.items()})
+    sd = base.state_dict_for_saving(clip.cond_stage_model.state_dict(), first_stage)
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
 
 
 def write_sd15_checkpoint(path, unet="shallow", vae="taesd", seed=0):
-    """Write sd15_checkpoint_state_dict to `path` (safetensors) and return the path."""
-    return save(sd15_checkpoint_state_dict(unet, vae, seed), path)
+    """A whole SD1.5 checkpoint (UNet "shallow" or "full", full CLIP-L, VAE "kl" or "taesd") at
+    `path` (safetensors); returns the path."""
+    return save(checkpoint_state_dict(sd15_model(unet, seed).model, sd15_clip(tiny=False, seed=seed + 1), vae, seed), path)
+
+
+def write_sdxl_checkpoint(path, vae="kl", seed=0):
+    """A whole SDXL-architecture checkpoint (the real UNet, CLIP-L + CLIP-G, VAE "kl" or "taesd";
+    about 6.9 GB in fp16 with the KL VAE) at `path`; returns the path."""
+    clip = comfy.sd.CLIP(comfy.supported_models.SDXL(dict(SDXL_UNET)).clip_target())
+    init_weights_(clip.cond_stage_model, seed + 1)
+    return save(checkpoint_state_dict(sdxl_model(seed), clip, vae, seed), path)
 
 
 def random_conditioning(context_dim, seed=0, tokens=77):

@@ -37,3 +37,15 @@ def test_full_bench_prints_the_comparison(host, sd15_checkpoint, light_decoder, 
     assert rows["stock"][2:4] == ("4", "8")                # euler, 4 steps, cond + uncond batched: 4 calls, 8 rows
     assert int(rows["fast"][2]) <= 4 and int(rows["fast"][3]) < 8      # budget kept; dynamic CFG drops uncond rows
     assert all(float(r[-1]) >= 0 for r in rows.values())
+
+
+def test_sdxl_stand_in_is_detected_as_sdxl(host, synthetic):
+    """`bench --full --arch sdxl`'s random checkpoint has the keys and shapes ComfyUI detects as SDXL
+    (the UNet built on the meta device: 2.6 B params); its light decoder is taesdxl."""
+    import comfy.model_detection
+    import comfy.supported_models
+    base = comfy.supported_models.SDXL(dict(synthetic.SDXL_UNET)).get_model({}, device="meta")
+    detected = comfy.model_detection.model_config_from_unet(base.state_dict_for_saving(), "model.diffusion_model.")
+    assert type(detected) is comfy.supported_models.SDXL
+    assert detected.unet_config["transformer_depth_middle"] == 10
+    assert host.pack.bench.run.STAND_INS["sdxl"][3] == "taesdxl"
