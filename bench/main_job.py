@@ -32,7 +32,7 @@ NOISE_SIGMAS = 2            # a difference counts as worse when it exceeds this 
 
 
 def configure(parser):
-    """`bench`: stock txt2img vs Sprint fast vs Sprint quality, side by side (trained dev model; --full: SD1.5 size)."""
+    """`bench`: stock txt2img vs Sprint fast vs Sprint quality, side by side (trained dev model; --full: SD1.5 or SDXL size)."""
     parser.add_argument("--full", action="store_true", help="the full-size measurement: an SD1.5- or SDXL-architecture "
                         "(--arch) checkpoint (default: random weights, written once) through the real executor")
     parser.add_argument("--arch", choices=("sd15", "sdxl"), help="--full: the architecture of the random-weight "

@@ -135,8 +135,8 @@ def print_memory(host, args):
         tiles = len(plan(args, size).tiles)
         print(f"  {size:>7} {size * 8:>9} {tiles:>6} {plain['peak_bytes'] / 2**20:>11.0f} {tiled['peak_bytes'] / 2**20:>9.0f} "
               f"{tiled['peak_bytes'] / plain['peak_bytes']:>7.1%} {plain['seconds']:>10.1f} {tiled['seconds']:>8.1f} "
-              f"{tiled['seconds'] / plain['seconds']:>6.2f}", flush=True)
-    print(f"  memory: {plain['method']} during the evaluation, above the process with the model loaded "
+              f"{tiled['seconds'] / plain['seconds']:>5.2f}x", flush=True)
+    print(f"  memory, time: tiled / untiled; memory: {plain['method']} during the evaluation, above the process with the model loaded "
           f"(baseline {plain['baseline_bytes'] / 2**30:.1f} GiB)")
     if plain["cuda"]:
         print("  peak reserved (torch.cuda.max_memory_reserved, whole process), untiled / tiled MiB: " + ", ".join(
@@ -200,8 +200,10 @@ def command(host, args):
     import comfy.model_management as mm
     parts = set(args.parts.split(","))
     print(f"Sprint bench-tiling | ComfyUI at {host.comfy_path} | {device_name(mm.get_torch_device())}, "
-          f"{platform.processor() or platform.machine()} | SD1.5 '{args.model}' "
-          f"architecture, random weights (time, memory and FLOPs do not depend on weight values) | "
+          f"{platform.processor() or platform.machine()} | "
+          + (f"SD1.5 '{args.model}'" if args.family == "SD15" else
+             f"{args.family} ({'one block at the real width' if args.family in synthetic.BENCH_WIDTHS else 'tiny'})")
+          + f" architecture, random weights (time, memory and FLOPs do not depend on weight values) | "
           f"attention: {args.attention}", flush=True)
     bars = []
     if "overhead" in parts:
