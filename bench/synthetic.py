@@ -338,11 +338,11 @@ SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_
              "use_temporal_attention": False, "use_temporal_resblock": False}
 
 
-def sdxl_model(seed=0, dtype=torch.float16, device=None):
-    """The SDXL base model (BaseModel) with random weights, built in `dtype` (fp16: 5.2 GB)."""
+def sdxl_model(seed=0):
+    """The SDXL base model (BaseModel) with random weights, built in fp16 (5.2 GB)."""
     conf = comfy.supported_models.SDXL(dict(SDXL_UNET))
-    conf.set_inference_dtype(dtype, None)
-    return init_weights_(conf.get_model({}, device=device), seed)
+    conf.set_inference_dtype(torch.float16, None)
+    return init_weights_(conf.get_model({}), seed)
 
 
 def checkpoint_state_dict(base, clip, vae="taesd", seed=0, dtype=torch.float16):
