@@ -363,9 +363,10 @@ def write_sd15_checkpoint(path, unet="shallow", vae="taesd", seed=0):
 def write_sdxl_checkpoint(path, vae="kl", seed=0):
     """A whole SDXL-architecture checkpoint (the real UNet, CLIP-L + CLIP-G, VAE "kl" or "taesd";
     about 6.9 GB in fp16 with the KL VAE) at `path`; returns the path."""
-    clip = comfy.sd.CLIP(comfy.supported_models.SDXL(dict(SDXL_UNET)).clip_target())
+    base = sdxl_model(seed)
+    clip = comfy.sd.CLIP(base.model_config.clip_target())
     init_weights_(clip.cond_stage_model, seed + 1)
-    return save(checkpoint_state_dict(sdxl_model(seed), clip, vae, seed), path)
+    return save(checkpoint_state_dict(base, clip, vae, seed), path)
 
 
 def random_conditioning(context_dim, seed=0, tokens=77):
