@@ -33,6 +33,7 @@ def configure(parser):
     parser.add_argument("--schedules", help="schedules of the compared samplers (default: the model's own; "
                                             "'all': every ComfyUI scheduler)")
     parser.add_argument("--budget", type=int, default=20, help="steps given to the adaptive sampler")
+    parser.add_argument("--budget-schedule", help="the adaptive sampler's schedule (default: the model's own)")
     parser.add_argument("--calls", default=",".join(map(str, CALLS)), help="the adaptive sampler's calls sweep "
                         "(on the --budget schedule, and as binding budgets of that many steps)")
     parser.add_argument("--cfg", type=float, default=3.0, help="guidance scale (negative: the empty prompt)")
@@ -142,7 +143,8 @@ def command(host, args):
           f"(train vs held-out real: {floor:.4f})", flush=True)
     for kind in args.models.split(","):
         run = Setup(kind, args.seeds, args.cfg, args.noise_seed)
-        print(f"\n== {kind} ({type(run.model.model).__name__}, {SCHEDULE[kind]} schedule) ==", flush=True)
+        print(f"\n== {kind} ({type(run.model.model).__name__}; Sprint on the {args.budget_schedule or SCHEDULE[kind]} "
+              f"schedule, the reference on {SCHEDULE[kind]}) ==", flush=True)
         began = time.perf_counter()
         ref, _ = run(reference_sampler(args.ref_steps), args.budget)
         rows = slice(0, min(8, len(ref)))
@@ -155,13 +157,15 @@ def command(host, args):
         import comfy.samplers
         schedules = (comfy.samplers.SCHEDULER_NAMES if args.schedules == "all"
                      else (args.schedules or SCHEDULE[kind]).split(","))
-        best = {}                                       # calls -> (RMSE, label) of the best peer
+        own = args.budget_schedule or SCHEDULE[kind]
+        best, best_own = {}, {}                         # calls -> (RMSE, label) of the best peer (on Sprint's schedule)
         for schedule in schedules:
             for name in args.samplers.split(","):
                 for steps in [int(s) for s in args.steps.split(",")]:
                     out, calls = run(comfy.samplers.sampler_object(name), steps, schedule)
                     s = run.scores(out, ref, ref_images, real_features)
-                    best[calls] = min(best.get(calls, (float("inf"), "")), (s["rmse"], f"{name} {schedule}"))
+                    for table in (best, best_own) if schedule == own else (best,):
+                        table[calls] = min(table.get(calls, (float("inf"), "")), (s["rmse"], f"{name} {schedule}"))
                     print(line(f"{name} {schedule} {steps} steps", calls, s), flush=True)
         print("best peer per calls: " + "; ".join(f"{c}: {e:.3e} ({n})" for c, (e, n) in sorted(best.items())), flush=True)
         sweeps = [(f"sprint {p} ({args.budget}-step budget)", p, {}, args.budget) for p in sampler_node.PRESETS]
@@ -170,10 +174,13 @@ def command(host, args):
         sweeps += [(f"sprint balanced, {c}-step budget", "balanced", {}, c) for c in map(int, args.calls.split(","))]
         for label, preset, options, budget in sweeps:
             info = {}
-            out, _ = run(sampler_node.adaptive_sampler(preset, info=info, **options), budget)
+            out, _ = run(sampler_node.adaptive_sampler(preset, info=info, **options), budget, args.budget_schedule)
             calls = info["nfe"].double().mean().item()
             s = run.scores(out, ref, ref_images, real_features)
-            peer = best.get(round(calls)) or best.get(int(calls))
-            versus = f" | best peer at {round(calls)} calls {peer[0]:.3e} ({peer[1]}): {peer[0] / s['rmse']:.2f}x" if peer else ""
+            versus = ""
+            for table, where in ((best, ""), (best_own, f" on {own}")):
+                peer = table.get(round(calls)) or table.get(int(calls))
+                if peer and (where or peer[1].split()[-1] != own):   # one column where both are the same peer
+                    versus += f" | best peer{where} at {round(calls)} calls {peer[0]:.3e} ({peer[1]}): {peer[0] / s['rmse']:.2f}x"
             print(line(label, calls, s) + versus, flush=True)
     return 0

@@ -237,8 +237,14 @@ class _Trajectory:
         whose exponential form adds the noise exactly."""
         d = self.points[0][0]
         sigma_next, alpha_next = _sigma_alpha(target, self.flow)
-        if not math.isfinite(self.lam):        # from pure noise (flow, sigma = 1) the step is DDIM's limit
-            return sigma_next * self.x + alpha_next * d + (0 if noise is None else noise)
+        if not math.isfinite(self.lam):
+            # From pure noise (flow, sigma = 1, lambda = -inf, s = inf) the predictor is DDIM's limit.
+            # Its corrector is DPM-Solver++'s in the k-diffusion form of the same ODE (x = x0 + sigma n,
+            # lambda = -log sigma, finite at sigma = 1) with the prediction at the end: 2nd order, as
+            # UniC's. (Trained flow dev model, bench-quality: 6 calls err 0.180 instead of 0.211.)
+            if denoised_next is None or noise is not None:
+                return sigma_next * self.x + alpha_next * d + (0 if noise is None else noise)
+            return dpmpp_step(self.x, 1.0, sigma_next, d, [], denoised_next=denoised_next)[0]
         if noise is None:
             new = None if denoised_next is None else (denoised_next, self.x_eval)
             return edm_adams_step(self.x, self.lam, self.points, target, self.flow, self.order, new)
@@ -271,12 +277,13 @@ class _Trajectory:
     def receive(self, denoised):
         """The model's prediction at (x_eval, lam_eval)."""
         self.nfe += 1
-        if not self.points or not math.isfinite(self.lam):   # the first point, or left pure noise (flow sigma = 1)
-            self.points = []
+        if not self.points:
             return self._accept(denoised, self.x_eval, 0.0)
         x_c = self._step(self.lam_eval, denoised, self.step_noise)
         gap = _rms(x_c - self.x_eval)             # Milne's device: corrector minus predictor
         k = min(len(self.points), self.order)
+        if not math.isfinite(self.lam):           # the point at sigma = 1 (s = inf) cannot enter the Adams history
+            self.points = []
         self._accept(denoised, x_c, MILNE[k] * gap if self.noise is None else gap)
 
     def _accept(self, denoised, x, err):
