@@ -19,15 +19,35 @@ from . import common
 PRESETS = list(sampling.PRESETS)
 
 
+def _per_row(conds):
+    """Whether any of the guider's processed conds holds one row per image (a batch of prompts,
+    per-image masks or ControlNet hints) rather than one row for all."""
+    def rows(t):
+        return t.shape[0] if isinstance(t, torch.Tensor) and t.ndim > 0 else 1
+    for entries in conds.values():
+        for c in entries:
+            tensors = [getattr(v, "cond", None) for v in c.get("model_conds", {}).values()] + [c.get("mask")]
+            control = c.get("control")
+            while control is not None:
+                tensors.append(getattr(control, "cond_hint_original", None))
+                control = getattr(control, "previous_controlnet", None)
+            if any(rows(t) > 1 for t in tensors):
+                return True
+    return False
+
+
 def _sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
     """sample_adaptive on ComfyUI's k-diffusion model wrapper: picks the flow (CONST) form from
     the model, the eta noise seed from the prompt's seed, checks Cancel before every model call,
-    and keeps the whole batch in each call when a denoise mask (inpainting) is indexed by batch row."""
+    and keeps the whole batch in each call when anything is indexed by batch row: a denoise mask
+    (inpainting) or per-row conds. ComfyUI fits a cond to a call's batch by repeating or cutting its
+    rows (comfy.utils.repeat_to_batch_size), so a call on the unsettled rows only would pair them
+    with the first rows' prompts."""
     extra_args = {} if extra_args is None else extra_args
     model_sampling = model.inner_model.inner_model.model_sampling
     options.setdefault("flow", isinstance(model_sampling, comfy.model_sampling.CONST))
     options.setdefault("seed", extra_args.get("seed") or 0)
-    if extra_args.get("denoise_mask") is not None:
+    if extra_args.get("denoise_mask") is not None or _per_row(getattr(model.inner_model, "conds", {})):
         options["drop_finished"] = False
 
     def checked(x, sigma, **kwargs):

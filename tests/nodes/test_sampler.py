@@ -64,6 +64,30 @@ def test_node_path_equals_engine_path(host, synthetic, mixture, model_type, deno
         assert evaluation.rmse(out, ref).max() < 0.05
 
 
+def test_rows_keep_their_own_prompts_when_others_settle(host, synthetic, mixture):
+    """A batch of prompts (one conditioning row per image): images that settle early leave no other
+    image with the wrong prompt — each equals its own run alone (the calls on the unsettled rows
+    once paired them with the first rows' prompts)."""
+    import comfy.sample
+    model = synthetic.gmm_model(mixture, "eps")
+    sigmas = host.pack.nodes.sampler._sigmas(model, "karras", 20, 1.0)
+    noise = torch.randn((4,) + SHAPE, generator=torch.Generator().manual_seed(5))
+    labels = [1, 0, 1, 0]
+
+    def run(rows):
+        info = {}
+        sampler = host.pack.nodes.sampler.adaptive_sampler("balanced", tol=0.2, calls=20, min_fraction=0.0, info=info)
+        cond = [[torch.tensor([float(labels[r]) for r in rows]).reshape(-1, 1, 1), {}]]
+        out = comfy.sample.sample_custom(model, noise[rows], 1.0, sampler, sigmas, cond, cond,
+                                         torch.zeros_like(noise[rows]), disable_pbar=True, seed=0)
+        return out, info["nfe"]
+    out, nfe = run([0, 1, 2, 3])
+    assert nfe.min() < nfe.max(), nfe                       # some images settled before others
+    for r in range(4):
+        alone, nfe_alone = run([r])
+        assert nfe_alone.item() == nfe[r].item() and torch.allclose(alone[0], out[r], atol=1e-5), r
+
+
 @pytest.mark.parametrize("scheduler", ["karras", "ddim_uniform", "beta", "simple"])
 @pytest.mark.parametrize("denoise", [1.0, 0.6])
 def test_schedule_is_ksamplers(host, synthetic, mixture, scheduler, denoise):
