@@ -21,6 +21,7 @@ from .meters import ModelCalls
 
 SCHEDULE = {"eps": "karras", "flow": "simple"}
 CALLS = [6, 8, 10, 12, 16]
+TOLS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05]
 DETERMINISTIC = ["ipndm", "ipndm_v", "deis", "uni_pc", "uni_pc_bh2", "dpmpp_2m", "res_multistep", "gradient_estimation"]
 
 
@@ -36,6 +37,8 @@ def configure(parser):
     parser.add_argument("--budget-schedule", help="the adaptive sampler's schedule (default: the model's own)")
     parser.add_argument("--calls", default=",".join(map(str, CALLS)), help="the adaptive sampler's calls sweep "
                         "(on the --budget schedule, and as binding budgets of that many steps)")
+    parser.add_argument("--tols", default=",".join(map(str, TOLS)), help="early-stop tolerances calibrated: what "
+                        "the calls an image skipped would have changed, with every call of the budget allowed")
     parser.add_argument("--cfg", type=float, default=3.0, help="guidance scale (negative: the empty prompt)")
     parser.add_argument("--ref-steps", type=int, default=800, help="steps of the fine reference (3rd-order multistep; 800 vs 1600 steps agree to ~1e-5 RMSE on both dev models)")
     parser.add_argument("--noise-seed", type=int, default=0, help="seed of the evaluation noise")
@@ -183,4 +186,28 @@ def command(host, args):
                 if peer and (where or peer[1].split()[-1] != own):   # one column where both are the same peer
                     versus += f" | best peer{where} at {round(calls)} calls {peer[0]:.3e} ({peer[1]}): {peer[0] / s['rmse']:.2f}x"
             print(line(label, calls, s) + versus, flush=True)
+        calibrate(run, args, ref, ref_images, real_features)
     return 0
+
+
+def calibrate(run, args, ref, ref_images, real_features):
+    """The early stop's promise: an image stops once the calls it has left could change it by less
+    than tol. Per tolerance, the budget's every call allowed, the stopped images' RMSE to their own
+    run without the early stop (what the skipped calls would have changed) against tol."""
+    def solve(tol):
+        info = {}
+        out, _ = run(sampler_node.adaptive_sampler("balanced", calls=args.budget, tol=tol, info=info), args.budget,
+                     args.budget_schedule)
+        return out, info["nfe"]
+    full, full_nfe = solve(0.0)
+    print(f"early stop, {args.budget} calls allowed: tol 0 (no stop) {full_nfe.double().mean():.2f} calls, "
+          f"RMSE vs reference {evaluation.rmse(full, ref).mean().item():.3e}", flush=True)
+    for tol in map(float, args.tols.split(",")):
+        out, nfe = solve(tol)
+        stopped = nfe < full_nfe
+        head = f"tol {tol:<6g} {nfe.double().mean():5.2f} calls, {stopped.double().mean():4.0%} stopped early"
+        if stopped.any():
+            skipped = evaluation.rmse(out[stopped], full[stopped]).double()
+            head += (f"; what their skipped calls would change: median {skipped.median():.2e} "
+                     f"({skipped.median() / tol:.2f} tol), max {skipped.max():.2e} ({skipped.max() / tol:.2f} tol)")
+        print(f"{head}; RMSE vs reference {evaluation.rmse(out, ref).mean().item():.3e}", flush=True)

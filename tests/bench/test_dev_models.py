@@ -103,5 +103,6 @@ def test_train_dev_models_command_writes_loadable_fixtures(host, tmp_path):
 
 def test_bench_quality_toy_run(host):
     out = harness.cli(host, "bench-quality", "--toy").stdout
-    for needle in ("reference", "ipndm karras 8 steps", "sprint balanced", "mini-FID", "accuracy", "SSIM"):
+    for needle in ("reference", "ipndm karras 8 steps", "sprint balanced", "mini-FID", "accuracy", "SSIM",
+                   "early stop, 20 calls allowed", "tol 0.05"):
         assert needle in out, (needle, out[-3000:])
