@@ -186,11 +186,11 @@ def command(host, args):
                 if peer and (where or peer[1].split()[-1] != own):   # one column where both are the same peer
                     versus += f" | best peer{where} at {round(calls)} calls {peer[0]:.3e} ({peer[1]}): {peer[0] / s['rmse']:.2f}x"
             print(line(label, calls, s) + versus, flush=True)
-        calibrate(run, args, ref, ref_images, real_features)
+        calibrate(run, args, ref)
     return 0
 
 
-def calibrate(run, args, ref, ref_images, real_features):
+def calibrate(run, args, ref):
     """The early stop's promise: an image stops once the calls it has left could change it by less
     than tol. Per tolerance, the budget's every call allowed, the stopped images' RMSE to their own
     run without the early stop (what the skipped calls would have changed) against tol."""
