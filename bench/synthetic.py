@@ -51,6 +51,11 @@ def init_weights_(module, seed=0):
                     p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
                 else:
                     p.zero_()
+            # ComfyUI's MMDiT (SD3) allocates its positional table as a buffer with torch.empty, for
+            # the checkpoint to fill: uninitialized memory made the stand-in's output NaN in some runs.
+            pos = m._buffers.get("pos_embed")
+            if pos is not None and pos.is_floating_point():
+                pos.copy_(torch.randn(pos.shape, generator=g) / math.sqrt(pos.shape[-1]))
     return module
 
 
