@@ -146,8 +146,9 @@ def command(host, args):
           f"(train vs held-out real: {floor:.4f})", flush=True)
     for kind in args.models.split(","):
         run = Setup(kind, args.seeds, args.cfg, args.noise_seed)
-        print(f"\n== {kind} ({type(run.model.model).__name__}; Sprint on the {args.budget_schedule or SCHEDULE[kind]} "
-              f"schedule, the reference on {SCHEDULE[kind]}) ==", flush=True)
+        own = args.budget_schedule or SCHEDULE[kind]    # Sprint's schedule
+        print(f"\n== {kind} ({type(run.model.model).__name__}; Sprint on the {own} schedule, the reference on "
+              f"{SCHEDULE[kind]}) ==", flush=True)
         began = time.perf_counter()
         ref, _ = run(reference_sampler(args.ref_steps), args.budget)
         rows = slice(0, min(8, len(ref)))
@@ -160,7 +161,6 @@ def command(host, args):
         import comfy.samplers
         schedules = (comfy.samplers.SCHEDULER_NAMES if args.schedules == "all"
                      else (args.schedules or SCHEDULE[kind]).split(","))
-        own = args.budget_schedule or SCHEDULE[kind]
         best, best_own = {}, {}                         # calls -> (RMSE, label) of the best peer (on Sprint's schedule)
         for schedule in schedules:
             for name in args.samplers.split(","):

@@ -53,7 +53,7 @@ def init_weights_(module, seed=0):
                     p.zero_()
             # ComfyUI's MMDiT (SD3) allocates its positional table as a buffer with torch.empty, for
             # the checkpoint to fill: uninitialized memory made the stand-in's output NaN in some runs.
-            pos = m._buffers.get("pos_embed")
+            pos = dict(m.named_buffers(recurse=False)).get("pos_embed")
             if pos is not None and pos.is_floating_point():
                 pos.copy_(torch.randn(pos.shape, generator=g) / math.sqrt(pos.shape[-1]))
     return module

@@ -206,4 +206,3 @@ def test_rejects_bad_options(mixture):
         with pytest.raises(ValueError):
             sampling.sample_adaptive(mixture.denoise, x_T(1), sigmas, **bad)
     assert all(math.isclose(v, sampling.ADAPTIVE_DEFAULTS[k]) for k, v in sampling.PRESETS["balanced"].items())
-
