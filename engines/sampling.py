@@ -2,6 +2,7 @@
 
 `model(x, sigma, **extra_args)` returns the denoised (x0) estimate; x lives at x0 + sigma * noise.
 """
+import copy
 import functools
 import math
 
@@ -153,7 +154,8 @@ def _sigma_alpha(lam, flow):
 
 
 def _rms(t):
-    return t.double().pow(2).mean().sqrt().item()
+    """Per-sample RMS of a [n, ...] tensor: a float64 CPU [n] vector."""
+    return t.double().flatten(1).pow(2).mean(1).sqrt().cpu()
 
 
 def edm_adams_step(x, lam, points, target, flow=False, order=4, new=None):
@@ -189,10 +191,12 @@ def edm_adams_step(x, lam, points, target, flow=False, order=4, new=None):
 
 
 class _Trajectory:
-    """The solve of one sample: proposes where the model is evaluated next, and takes its
-    prediction there. Samples never share noise or decisions."""
+    """The solve of a group of samples (batch `rows`): proposes where the model is evaluated next,
+    and takes its prediction there. The rows of a group have taken the same steps, so every step's
+    coefficients are computed once for all of them; a row that stops leaves its group (`_take`).
+    Samples never share noise or decisions."""
 
-    def __init__(self, x, row, sigmas, o):
+    def __init__(self, x, rows, sigmas, o):
         self.o, self.flow = o, o["flow"]
         self.to_zero = float(sigmas[-1]) == 0
         # Points lie on the schedule's own index u (log-sigma interpolated between its sigmas), an
@@ -204,14 +208,14 @@ class _Trajectory:
         self.calls = calls = max(1, min(int(o["calls"]), len(sigmas) - 1))
         self.stride = self.u_end / (calls - 1 if self.to_zero else calls) if calls > self.to_zero else 1.0
         self.order = o["order"] if o["eta"] == 0 else min(o["order"], SDE_ORDER)
-        self.noise = None
+        self.rows, self.noise = rows, None
         if o["eta"] > 0:
-            self.noise = torch.Generator(x.device).manual_seed(int(o["seed"]) + row)
+            self.noise = [torch.Generator(x.device).manual_seed(int(o["seed"]) + row) for row in rows]
         self.x, self.u, self.lam = x, 0.0, self._lambda(0.0)   # last accepted state
         self.points = []                         # accepted (denoised, lambda, x accepted), newest first
         self.x_eval, self.u_eval, self.lam_eval = x, 0.0, self.lam
         self.nfe, self.done, self.out = 0, False, None
-        self.local_error, self.est_error, self.sigma_stop = 0.0, math.inf, None
+        self.local_error, self.est_error, self.sigma_stop = torch.zeros(len(rows), dtype=torch.float64), None, None
 
     def _lambda(self, u):
         """Log-SNR at schedule index u."""
@@ -262,7 +266,8 @@ class _Trajectory:
         if self.noise is not None:
             sigma_next = _sigma_alpha(target, self.flow)[0]
             scale = sigma_next * math.sqrt(-math.expm1(-2 * (target - self.lam) * self.o["eta"])) * self.o["s_noise"]
-            self.step_noise = scale * torch.randn(self.x.shape, generator=self.noise, device=self.x.device).to(self.x)
+            shape, device = (1,) + self.x.shape[1:], self.x.device
+            self.step_noise = scale * torch.cat([torch.randn(shape, generator=g, device=device) for g in self.noise]).to(self.x)
         x_next = self._step(target, noise=self.step_noise)
         if not self.to_zero and u >= self.u_end:
             self._finish(x_next, target)
@@ -274,8 +279,19 @@ class _Trajectory:
         self.sigma_stop = _sigma_alpha(lam, self.flow)[0] if math.isfinite(lam) else 0.0
         self.est_error = self.local_error
 
+    def _take(self, mask):
+        """The group of the rows under `mask` (a bool [n] vector), in the same state."""
+        part, keep = copy.copy(self), mask.nonzero().flatten().tolist()
+        on = mask.to(self.x.device)
+        part.rows = [self.rows[i] for i in keep]
+        part.noise = None if self.noise is None else [self.noise[i] for i in keep]
+        part.x, part.x_eval, part.local_error = self.x[on], self.x_eval[on], self.local_error[mask]
+        part.points = [(d[on], lam, x[on]) for d, lam, x in self.points]
+        return part
+
     def receive(self, denoised):
-        """The model's prediction at (x_eval, lam_eval)."""
+        """The model's prediction at (x_eval, lam_eval). Returns the rows that stopped there as a
+        finished group of their own when the others go on, else None."""
         self.nfe += 1
         if not self.points:
             return self._accept(denoised, self.x_eval, 0.0)
@@ -284,29 +300,39 @@ class _Trajectory:
         k = min(len(self.points), self.order)
         if not math.isfinite(self.lam):           # the point at sigma = 1 (s = inf) cannot enter the Adams history
             self.points = []
-        self._accept(denoised, x_c, MILNE[k] * gap if self.noise is None else gap)
+        return self._accept(denoised, x_c, MILNE[k] * gap if self.noise is None else gap)
 
     def _accept(self, denoised, x, err):
         """Take the step to (x, lam_eval). The point keeps the corrected state x with the prediction
         made at the predicted one: the noise prediction (x / alpha - D) / s is re-evaluated in its x
         part, which is known exactly, at no model call (the final E of PECE for the linear term;
         fixed karras grids on the Gaussian-mixture bench err ~2.5x less than with the predicted state)."""
-        change = _rms(denoised - self.points[0][0]) if self.points else math.inf
+        change = _rms(denoised - self.points[0][0]) if self.points else torch.full([len(self.rows)], math.inf)
         self.x, self.lam, self.u = x, self.lam_eval, self.u_eval
         self.points = [(denoised, self.lam, x)] + self.points[: self.order - 1]
-        self.local_error += err
+        self.local_error = self.local_error + err
         if not self.to_zero:                   # a partial solve runs to the schedule's end (_propose)
             return self._propose()
         # Early stop: the x0 prediction moved by `change` over the last stride; it moves less and
         # less as sigma falls, so the calls left could change it by at most about that many times
         # as much. Stop once that bound is within tol (never before min_fraction of the schedule).
         calls_left = math.ceil((self.u_end - self.u) / self.stride - 1e-6)
-        if self.u >= self.u_end or self.nfe >= self.calls or (self.u >= self.o["min_fraction"] * self.u_end
-                                    and calls_left * change <= self.o["tol"]):
-            self.local_error += calls_left * change if math.isfinite(change) else 0.0
-            self._finish(denoised, self.lam)
+        if self.u >= self.u_end or self.nfe >= self.calls:
+            stop = torch.ones(len(self.rows), dtype=torch.bool)
+        elif self.u >= self.o["min_fraction"] * self.u_end:
+            stop = calls_left * change <= self.o["tol"]
         else:
-            self._propose()
+            stop = torch.zeros(len(self.rows), dtype=torch.bool)
+        self.local_error = self.local_error + torch.where(stop & change.isfinite(), calls_left * change, 0.0)
+        if stop.all():
+            return self._finish(denoised, self.lam)
+        finished = None
+        if stop.any():
+            finished = self._take(stop)
+            finished._finish(denoised[stop.to(denoised.device)], self.lam)
+            vars(self).update(vars(self._take(~stop)))
+        self._propose()
+        return finished
 
 
 @torch.no_grad()
@@ -334,33 +360,51 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
     sigmas = _row_scalars(sigmas)
     if len(sigmas) < 2:
         return x
-    rows = [_Trajectory(x[b:b + 1], b, sigmas, o) for b in range(x.shape[0])]
+    groups = [_Trajectory(x, list(range(x.shape[0])), sigmas, o)]
     calls = 0
-    while not all(r.done for r in rows):
-        batch = [r for r in rows if not r.done] if o["drop_finished"] else rows
-        sigma = torch.tensor([r.sigma_eval for r in batch], dtype=x.dtype, device=x.device)
-        evaluated = [r.out if r.done else r.x_eval for r in rows]
-        denoised = model(torch.cat([r.x_eval for r in batch]), sigma, **extra_args)
-        for r, d in zip(batch, denoised.split(1)):
-            if not r.done:
-                r.receive(d)
+    while not all(g.done for g in groups):
+        batch = [g for g in groups if not g.done] if o["drop_finished"] else groups
+        # The model sees its rows in batch order: ComfyUI pairs per-image conds with rows by position.
+        sigma = torch.cat([torch.full([len(g.rows)], g.sigma_eval, dtype=x.dtype) for g in batch]).to(x.device)
+        evaluated = _in_row_order(groups, lambda g: g.out if g.done else g.x_eval)
+        order = torch.tensor([r for g in batch for r in g.rows]).argsort().to(x.device)
+        denoised = model(torch.cat([g.x_eval for g in batch])[order], sigma[order], **extra_args)
+        parts = torch.empty_like(denoised).index_copy_(0, order, denoised).split([len(g.rows) for g in batch])
+        groups += [done for g, d in zip(batch, parts) if not g.done for done in [g.receive(d)] if done is not None]
         calls += 1
         if callback is not None:   # k-diffusion's keys (one "step" per model call) plus per-sample progress
-            latest = [r.out if r.done else r.points[0][0] if r.points else r.x_eval for r in rows]
-            callback({"x": torch.cat(evaluated), "i": calls - 1, "sigma": sigma.max(), "sigma_hat": sigma.max(),
-                      "denoised": torch.cat(latest), "nfe": [r.nfe for r in rows], "done": [r.done for r in rows]})
+            latest = _in_row_order(groups, lambda g: g.out if g.done else g.points[0][0] if g.points else g.x_eval)
+            callback({"x": evaluated, "i": calls - 1, "sigma": sigma.max(), "sigma_hat": sigma.max(),
+                      "denoised": latest, "nfe": _per_row(groups, lambda g: g.nfe),
+                      "done": _per_row(groups, lambda g: g.done)})
     if o["info"] is not None:
-        o["info"].update(_report(rows, sigmas, calls))
-    return torch.cat([r.out for r in rows])
+        o["info"].update(_report(groups, sigmas, calls))
+    return _in_row_order(groups, lambda g: g.out)
 
 
-def _report(rows, sigmas, calls):
+def _in_row_order(groups, value):
+    """torch.cat of value(group) ([len(group.rows), ...] each) with the rows in batch order."""
+    rows = torch.tensor([r for g in groups for r in g.rows])
+    parts = torch.cat([value(g) for g in groups])
+    return torch.empty_like(parts).index_copy_(0, rows.to(parts.device), parts)
+
+
+def _per_row(groups, value):
+    """[value(group of row b) for each batch row b]."""
+    out = [None] * sum(len(g.rows) for g in groups)
+    for g in groups:
+        for r in g.rows:
+            out[r] = value(g)
+    return out
+
+
+def _report(groups, sigmas, calls):
     """Per-sample model calls, where each stopped (as a step of the given schedule), error estimate."""
-    stop_sigma = torch.tensor([r.sigma_stop for r in rows], dtype=torch.float64)
-    return {"nfe": torch.tensor([r.nfe for r in rows]), "nfe_batch": calls, "nfe_budget": len(sigmas) - 1,
+    stop_sigma = torch.tensor(_per_row(groups, lambda g: g.sigma_stop), dtype=torch.float64)
+    return {"nfe": torch.tensor(_per_row(groups, lambda g: g.nfe)), "nfe_batch": calls, "nfe_budget": len(sigmas) - 1,
             "sigma_stop": stop_sigma,
             "stop_step": (sigmas[None, :-1] >= stop_sigma[:, None] * (1 - 1e-6)).sum(1),
-            "est_error": torch.tensor([r.est_error for r in rows], dtype=torch.float64)}
+            "est_error": _in_row_order(groups, lambda g: g.est_error)}
 
 
 def get_sigmas_karras(n, sigma_min, sigma_max, rho=7.0):
