@@ -45,7 +45,8 @@ def configure(parser):
                                                  "upscales it 2x)")
     parser.add_argument("--steps", type=int, help="override every pipeline's steps (default: stock 20, the workflows "
                                                   "as shipped)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed rounds (--full: after one untimed warm-up round)")
+    parser.add_argument("--repeat", type=int, help="timed rounds, each with new seeds (default 5; --full: 3, after one "
+                                                   "untimed warm-up round)")
     parser.add_argument("--ref-steps", type=int, help="steps of the fine reference solves (default: 100 of a "
                                                       "3rd-order multistep; --full: 60 of dpmpp_2m)")
     parser.add_argument("--pipelines", default=",".join(PIPELINES), help="which of stock,fast,quality to run")
@@ -58,12 +59,12 @@ def configure(parser):
 
 def command(host, args):
     if args.full:
-        args.arch = args.arch or "sd15"
+        args.arch, args.repeat = args.arch or "sd15", args.repeat or 3
         args.size, args.ref_steps = args.size or (1024 if args.arch == "sdxl" else 256), args.ref_steps or 60
         return main_job_full.command(host, args)
     if given := [f"--{a.replace('_', '-')}" for a in FULL_ONLY if getattr(args, a) is not None]:
         raise SystemExit(f"{', '.join(given)}: only with --full (the default runs the trained dev model)")
-    args.ref_steps = args.ref_steps or 100
+    args.ref_steps, args.repeat = args.ref_steps or 100, args.repeat or 5
     return DevBench(host, args).run()
 
 
