@@ -11,7 +11,7 @@ import harness
 pytestmark = pytest.mark.host
 
 
-ROW = r"^(stock|fast|quality)\s+([\d.]+)\s+([\d.]+)x\s+(\d+)\s+"
+ROW = r"^(stock|stock\+rcfg|fast|quality)\s+([\d.]+)\s+([\d.]+)x\s+(\d+)\s+"
 
 
 def test_default_bench_runs_the_trained_dev_model(host, tmp_path):
@@ -19,13 +19,14 @@ def test_default_bench_runs_the_trained_dev_model(host, tmp_path):
                       cache=tmp_path, timeout=1200).stdout
     assert out.startswith("main job on the trained dev EPS model"), out[:500]
     rows = {m[0]: m[1:] for m in re.findall(ROW + r"([\d.]+)\s+([\d.]+)\s+±\s+([\d.]+)\s+([\d.]+)\s+±", out, re.M)}
-    assert set(rows) == {"stock", "fast", "quality"}, out
-    assert rows["stock"][2:4] == ("20", "40.0")           # euler/normal 20 steps, cond + uncond rows per image
+    assert set(rows) == {"stock", "stock+rcfg", "fast", "quality"}, out   # stock+rcfg: as fast rescales its CFG
+    assert rows["stock"][2:4] == rows["stock+rcfg"][2:4] == ("20", "40.0")   # euler/normal 20 steps, cond + uncond rows
+    assert rows["stock"][4:] != rows["stock+rcfg"][4:]                       # RescaleCFG changes the images
     fast = json.loads((harness.hostlib.PACK_ROOT / "example_workflows" / "api" / "sprint_fast.json").read_text())
     steps = next(n["inputs"]["steps"] for n in fast.values() if n["class_type"] == "SprintKSampler")
     assert int(rows["fast"][2]) <= steps and float(rows["fast"][3]) < 2 * steps   # the budget; dynamic CFG drops uncond rows
     assert all(0 <= float(r[6]) <= 1 for r in rows.values())             # class accuracy
-    assert "issue 16's bar" in out
+    assert "issue 16's bar" in out and "like for like, fast vs stock+rcfg" in out
 
 
 def test_full_bench_prints_the_comparison(host, sd15_checkpoint, light_decoder, tmp_path):

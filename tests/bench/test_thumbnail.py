@@ -28,7 +28,7 @@ def card_accuracy(path, side):
 
 
 @pytest.mark.parametrize("name, model, sampling", [
-    ("sprint_fast", "EPS UNet (SD1.x)", "SprintKSampler balanced preset, beta, 8 steps, cfg 8, SprintDynamicCFG interval"),
+    ("sprint_fast", "EPS UNet (SD1.x)", "SprintKSampler balanced preset, beta, 7 steps, cfg 8, SprintDynamicCFG interval (1, 1000], CFG rescale 0.7"),
     ("sprint_fast_qwen_image", "flow MMDiT (SD3)",
      "ModelSamplingAuraFlow shift 3.1, SprintKSampler balanced preset, simple, 10 steps, cfg 2.5, SprintDynamicCFG interval"),
 ])
