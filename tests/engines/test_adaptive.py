@@ -111,6 +111,27 @@ def test_batch_rows_are_independent_and_deterministic(mixture):
         assert torch.allclose(mates[-1], out[b], atol=1e-9) and info_m["nfe"][-1] == info["nfe"][b]
 
 
+def test_rows_that_settle_apart_keep_their_solo_results_and_batch_positions(mixture):
+    """Rows near the data settle calls earlier than rows from noise: the batch splits, and every row
+    still gets its solo solve's result and calls. With settled rows kept in the model batch, each
+    row stays at its own position (ComfyUI pairs per-image conds by position): a per-row offset
+    passed by position must follow its row."""
+    sigmas = sampling.get_sigmas_karras(30, SIGMA_MIN, SIGMA_MAX)
+    x = x_T(6, seed=2)
+    x[3:] *= 0.05
+    shift = torch.linspace(-1, 1, 6, dtype=torch.float64).view(6, 1, 1, 1)
+    shifted = lambda x, s, shift: mixture.denoise(x - shift, s) + shift          # noqa: E731
+    options = dict(calls=30, tol=0.01, min_fraction=0.1)
+    out, info, _ = solve(mixture.denoise, x, sigmas, **options)
+    assert len(set(info["nfe"].tolist())) >= 2                                    # the batch did split
+    kept, info_kept, _ = solve(shifted, x, sigmas, drop_finished=False, extra_args={"shift": shift}, **options)
+    for b in range(6):
+        alone, info_b, _ = solve(mixture.denoise, x[b:b + 1], sigmas, **options)
+        assert torch.allclose(alone[0], out[b], atol=1e-9) and info_b["nfe"].item() == info["nfe"][b].item()
+        alone, info_b, _ = solve(shifted, x[b:b + 1], sigmas, extra_args={"shift": shift[b:b + 1]}, **options)
+        assert torch.allclose(alone[0], kept[b], atol=1e-9) and info_b["nfe"].item() == info_kept["nfe"][b].item()
+
+
 def test_finished_rows_leave_the_batch_and_never_change(mixture):
     sigmas = sampling.get_sigmas_karras(20, SIGMA_MIN, SIGMA_MAX)
     seen = []
