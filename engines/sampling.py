@@ -330,7 +330,7 @@ class _Trajectory:
         if stop.any():
             finished = self._take(stop)
             finished._finish(denoised[stop.to(denoised.device)], self.lam)
-            vars(self).update(vars(self._take(~stop)))
+            vars(self).update(vars(self._take(~stop)))      # this group goes on with the rows left
         self._propose()
         return finished
 
