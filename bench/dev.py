@@ -195,10 +195,26 @@ def base_model(kind, state_dict=None):
     return model
 
 
-def metadata(kind):
+def models_option(parser):
+    """`--dev-models`: the commands that score samplers on the dev models can take other ones."""
+    parser.add_argument("--dev-models", type=pathlib.Path, help="folder of trained dev models to use instead of "
+                        f"bench/dev_models/, with all of its files ({', '.join(FILES.values())}); e.g. another "
+                        "seed's: `train-dev-models --seed 1 --out FOLDER`")
+
+
+def models_folder(folder):
+    """`folder` (None: the shipped one), checked to hold every fixture; SystemExit names what is missing."""
+    folder = pathlib.Path(folder or FOLDER)
+    if missing := [name for name in FILES.values() if not (folder / name).is_file()]:
+        raise SystemExit(f"--dev-models {folder}: missing {', '.join(missing)} (train-dev-models --out writes "
+                         f"them; copy the shipped ones for the models you do not retrain)")
+    return folder
+
+
+def metadata(kind, folder=None):
     """The training record stored in a fixture (seed, command, codec gain, classes, config)."""
     import safetensors
-    path = FOLDER / FILES[kind]
+    path = pathlib.Path(folder or FOLDER) / FILES[kind]
     with safetensors.safe_open(str(path), "pt") as f:
         return {k: json.loads(v) for k, v in f.metadata().items()}
 

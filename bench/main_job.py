@@ -56,6 +56,7 @@ def configure(parser):
     parser.add_argument("--seeds", type=int, default=32, help="seeds per class and round (a batch of seeds x 4 classes)")
     parser.add_argument("--ref-seeds", type=int, default=8, help="seeds per class of round 1 solved finely for RMSE")
     parser.add_argument("--cfg", type=float, help="guidance scale of every pipeline (default: each graph's own, 8)")
+    dev.models_option(parser)
     parser.set_defaults(func=command)
 
 
@@ -63,6 +64,8 @@ def command(host, args):
     if args.full:
         args.arch, args.repeat = args.arch or "sd15", args.repeat or 3
         args.size, args.ref_steps = args.size or (1024 if args.arch == "sdxl" else 256), args.ref_steps or 60
+        if args.dev_models:
+            raise SystemExit("--dev-models: not with --full (it samples a full-size checkpoint)")
         return main_job_full.command(host, args)
     if given := [f"--{a.replace('_', '-')}" for a in FULL_ONLY if getattr(args, a) is not None]:
         raise SystemExit(f"{', '.join(given)}: only with --full (the default runs the trained dev model)")
@@ -149,8 +152,9 @@ class DevBench:
         if rescale and "stock" in self.pipelines:     # fast's CFG rescale would help stock too: compare like for like
             self.pipelines[RESCALED] = Pipeline("stock", args.steps, args.cfg, rescale=rescale)
             self.names.insert(self.names.index("stock") + 1, RESCALED)
-        self.setup = Setup(args.model, args.seeds, None, noise_seed=0)    # cfg: each pipeline's own
-        self.vae = dev.comfy_vae(args.model, dev.metadata(args.model)["gain"])
+        self.folder = dev.models_folder(args.dev_models)
+        self.setup = Setup(args.model, args.seeds, None, 0, self.folder)    # cfg: each pipeline's own
+        self.vae = dev.comfy_vae(args.model, dev.metadata(args.model, self.folder)["gain"])
         self.rows = len(self.setup.labels)
         self.latent = {"samples": torch.zeros_like(self.setup.noise)}
         self.seconds_per_row, self.rows_done = 0.0, 0
@@ -166,7 +170,7 @@ class DevBench:
         model = setup.model
         device = model.load_device
         print(f"main job on the trained dev {args.model.upper()} model ({type(model.model).__name__}, "
-              f"bench/dev_models; {dev.SIZE}x{dev.SIZE} px, {len(dev.CLASSES)} classes {dev.CLASSES}) | device "
+              f"{self.folder}; {dev.SIZE}x{dev.SIZE} px, {len(dev.CLASSES)} classes {dev.CLASSES}) | device "
               f"{device_name(device)}", flush=True)
         print(f"{args.seeds} seeds x {len(dev.CLASSES)} classes per round (one batch), {args.repeat} timed round(s), "
               f"medians; each class prompt against the empty prompt; the same noise in every pipeline", flush=True)

@@ -43,6 +43,7 @@ def configure(parser):
     parser.add_argument("--ref-steps", type=int, default=800, help="steps of the fine reference (3rd-order multistep; 800 vs 1600 steps agree to ~1e-5 RMSE on both dev models)")
     parser.add_argument("--noise-seed", type=int, default=0, help="seed of the evaluation noise")
     parser.add_argument("--toy", action="store_true", help="seconds: 2 seeds, one sampler at 8 steps, 40-step reference")
+    dev.models_option(parser)
     parser.set_defaults(func=command)
 
 
@@ -63,15 +64,15 @@ def reference_sampler(steps):
 class Setup:
     """One trained model with its prompts, codec, classifier and the evaluation noise."""
 
-    def __init__(self, kind, seeds, cfg, noise_seed):
+    def __init__(self, kind, seeds, cfg, noise_seed, folder=None):
         import comfy.sample
         self.kind, self.cfg = kind, cfg
         self.sample_custom = comfy.sample.sample_custom
-        self.model = dev.model_patcher(kind)
+        self.model = dev.model_patcher(kind, folder)
         self.latent_format = self.model.model.latent_format
-        self.codec = dev.BlockDCT(dev.BLOCK[kind], dev.metadata(kind)["gain"])
-        self.classifier = dev.classifier()
-        table = dev.prompts()
+        self.codec = dev.BlockDCT(dev.BLOCK[kind], dev.metadata(kind, folder)["gain"])
+        self.classifier = dev.classifier(folder)
+        table = dev.prompts(folder)
         self.labels = torch.arange(len(dev.CLASSES)).repeat_interleave(seeds)
         context = torch.cat([table[c][0] for c in dev.CLASSES]).repeat_interleave(seeds, 0)
         pooled = torch.cat([table[c][1] for c in dev.CLASSES]).repeat_interleave(seeds, 0)
@@ -135,17 +136,18 @@ def command(host, args):
     torch.set_num_threads(1)       # on a busy CPU one thread beats two by far for these tiny models
     if args.toy:
         args.seeds, args.steps, args.samplers, args.calls, args.ref_steps = 2, "8", "ipndm", "8", 40
+    folder = dev.models_folder(args.dev_models)
+    classifier = dev.classifier(folder)
     real, _ = dev.dataset("heldout", 256)
-    with torch.no_grad():
-        real_features = dev.classifier().features(real)
     train, _ = dev.dataset("train", 256)
     with torch.no_grad():
-        floor = metrics.feature_frechet(dev.classifier().features(train), real_features)
-    print(f"trained dev models (bench/dev_models), {len(dev.CLASSES)} classes {dev.CLASSES} x {args.seeds} seeds, "
+        real_features = classifier.features(real)
+        floor = metrics.feature_frechet(classifier.features(train), real_features)
+    print(f"trained dev models ({folder}), {len(dev.CLASSES)} classes {dev.CLASSES} x {args.seeds} seeds, "
           f"cfg {args.cfg} vs the empty prompt; mini-FID against {len(real)} held-out real images "
           f"(train vs held-out real: {floor:.4f})", flush=True)
     for kind in args.models.split(","):
-        run = Setup(kind, args.seeds, args.cfg, args.noise_seed)
+        run = Setup(kind, args.seeds, args.cfg, args.noise_seed, folder)
         own = args.budget_schedule or SCHEDULE[kind]    # Sprint's schedule
         print(f"\n== {kind} ({type(run.model.model).__name__}; Sprint on the {own} schedule, the reference on "
               f"{SCHEDULE[kind]}) ==", flush=True)

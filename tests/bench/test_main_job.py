@@ -53,3 +53,26 @@ def test_sdxl_stand_in_is_detected_as_sdxl(host, synthetic):
     assert type(detected) is comfy.supported_models.SDXL
     assert detected.unet_config["transformer_depth_middle"] == 10
     assert host.pack.bench.run.STAND_INS["sdxl"][3] == "taesdxl"
+
+
+def test_bench_samples_the_dev_models_it_is_given(host, tmp_path):
+    """--dev-models: the folder's models are the ones sampled (a perturbed EPS UNet changes stock's
+    figures); a folder without every fixture is refused in one line."""
+    import shutil
+
+    import safetensors
+    import safetensors.torch
+    from sprint.bench import dev
+    other = tmp_path / "models"
+    shutil.copytree(harness.hostlib.PACK_ROOT / "bench" / "dev_models", other)
+    eps = other / dev.FILES["eps"]
+    with safetensors.safe_open(str(eps), "pt") as f:
+        meta, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    safetensors.torch.save_file({k: v * 1.05 for k, v in sd.items()}, str(eps), metadata=meta)
+    args = ("bench", "--seeds", "2", "--ref-seeds", "1", "--repeat", "1", "--ref-steps", "8", "--pipelines", "stock")
+    stock = lambda out: re.search(r"^stock\s+.*$", out, re.M).group(0).split()[5:]    # noqa: E731  quality columns
+    shipped, given = (harness.cli(host, *args, *more, cache=tmp_path).stdout for more in ((), ("--dev-models", other)))
+    assert f"model (BaseModel, {other};" in given and stock(shipped) != stock(given)
+    eps.unlink()
+    with pytest.raises(SystemExit, match=f"missing {dev.FILES['eps']}"):
+        dev.models_folder(other)
