@@ -369,7 +369,7 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
         evaluated = _in_row_order(groups, lambda g: g.out if g.done else g.x_eval)
         order = torch.tensor([r for g in batch for r in g.rows]).argsort().to(x.device)
         denoised = model(torch.cat([g.x_eval for g in batch])[order], sigma[order], **extra_args)
-        parts = torch.empty_like(denoised).index_copy_(0, order, denoised).split([len(g.rows) for g in batch])
+        parts = denoised[order.argsort()].split([len(g.rows) for g in batch])
         groups += [done for g, d in zip(batch, parts) if not g.done for done in [g.receive(d)] if done is not None]
         calls += 1
         if callback is not None:   # k-diffusion's keys (one "step" per model call) plus per-sample progress
@@ -384,9 +384,8 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
 
 def _in_row_order(groups, value):
     """torch.cat of value(group) ([len(group.rows), ...] each) with the rows in batch order."""
-    rows = torch.tensor([r for g in groups for r in g.rows])
     parts = torch.cat([value(g) for g in groups])
-    return torch.empty_like(parts).index_copy_(0, rows.to(parts.device), parts)
+    return parts[torch.tensor([r for g in groups for r in g.rows]).argsort().to(parts.device)]
 
 
 def _per_row(groups, value):
