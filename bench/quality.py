@@ -164,6 +164,7 @@ def command(host, args):
         schedules = (comfy.samplers.SCHEDULER_NAMES if args.schedules == "all"
                      else (args.schedules or SCHEDULE[kind]).split(","))
         best, best_own = {}, {}                         # calls -> (RMSE, label) of the best peer (on Sprint's schedule)
+        curves = {}                                     # "sampler schedule" -> sorted (calls, RMSE)
         for schedule in schedules:
             for name in args.samplers.split(","):
                 for steps in [int(s) for s in args.steps.split(",")]:
@@ -171,7 +172,9 @@ def command(host, args):
                     s = run.scores(out, ref, ref_images, real_features)
                     for table in (best, best_own) if schedule == own else (best,):
                         table[calls] = min(table.get(calls, (float("inf"), "")), (s["rmse"], f"{name} {schedule}"))
+                    curves.setdefault(f"{name} {schedule}", []).append((calls, s["rmse"]))
                     print(line(f"{name} {schedule} {steps} steps", calls, s), flush=True)
+        curves = {k: sorted(v) for k, v in curves.items()}
         print("best peer per calls: " + "; ".join(f"{c}: {e:.3e} ({n})" for c, (e, n) in sorted(best.items())), flush=True)
         sweeps = [(f"sprint {p} ({args.budget}-step budget)", p, {}, args.budget) for p in sampler_node.PRESETS]
         sweeps += [(f"sprint {c} calls ({args.budget}-step budget)", "balanced", {"calls": c}, args.budget)
@@ -187,15 +190,17 @@ def command(host, args):
                 peer = table.get(round(calls)) or table.get(int(calls))
                 if peer and (where or peer[1].split()[-1] != own):   # one column where both are the same peer
                     versus += f" | best peer{where} at {round(calls)} calls {peer[0]:.3e} ({peer[1]}): {peer[0] / s['rmse']:.2f}x"
-            print(line(label, calls, s) + versus, flush=True)
-        calibrate(run, args, ref)
+            print(line(label, calls, s) + versus + " | " + evaluation.calls_at_equal_error(curves, calls, s["rmse"]).text(),
+                  flush=True)
+        calibrate(run, args, ref, curves)
     return 0
 
 
-def calibrate(run, args, ref):
+def calibrate(run, args, ref, curves):
     """The early stop's promise: an image stops once the calls it has left could change it by less
     than tol. Per tolerance, the budget's every call allowed, the stopped images' RMSE to their own
-    run without the early stop (what the skipped calls would have changed) against tol."""
+    run without the early stop (what the skipped calls would have changed) against tol, and the
+    calls the best peer (`curves`) needs for the same error against the calls spent."""
     def solve(tol):
         info = {}
         out, _ = run(sampler_node.adaptive_sampler("balanced", calls=args.budget, tol=tol, info=info), args.budget,
@@ -204,12 +209,17 @@ def calibrate(run, args, ref):
     full, full_nfe = solve(0.0)
     print(f"early stop, {args.budget} calls allowed: tol 0 (no stop) {full_nfe.double().mean():.2f} calls, "
           f"RMSE vs reference {evaluation.rmse(full, ref).mean().item():.3e}", flush=True)
-    for tol in map(float, args.tols.split(",")):
+    errors = []
+    for tol in sorted(map(float, args.tols.split(","))):
         out, nfe = solve(tol)
         stopped = nfe < full_nfe
-        head = f"tol {tol:<6g} {nfe.double().mean():5.2f} calls, {stopped.double().mean():4.0%} stopped early"
+        calls, error = nfe.double().mean().item(), evaluation.rmse(out, ref).mean().item()
+        errors.append(error)
+        head = f"tol {tol:<6g} {calls:5.2f} calls, {stopped.double().mean():4.0%} stopped early"
         if stopped.any():
             skipped = evaluation.rmse(out[stopped], full[stopped]).double()
             head += (f"; what their skipped calls would change: median {skipped.median():.2e} "
                      f"({skipped.median() / tol:.2f} tol), max {skipped.max():.2e} ({skipped.max() / tol:.2f} tol)")
-        print(f"{head}; RMSE vs reference {evaluation.rmse(out, ref).mean().item():.3e}", flush=True)
+        print(f"{head}; RMSE vs reference {error:.3e} | {evaluation.calls_at_equal_error(curves, calls, error).text()}",
+              flush=True)
+    print("achieved error grows with the tolerance:", all(a <= b for a, b in zip(errors, errors[1:])), flush=True)

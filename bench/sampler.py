@@ -5,7 +5,6 @@ Every sampler runs through ComfyUI (comfy.sample.sample_custom on the GMM model,
 same noise; errors are RMSE against a fine float64 reference solve to sigma = 0 from the same x_T,
 cached on disk (it is the expensive part). Nothing is asserted; everything is printed.
 """
-import math
 import pathlib
 import time
 
@@ -149,31 +148,6 @@ def steps_for(name, nfe):
     return (nfe + 1) // 2 if name in TWO_CALLS else nfe
 
 
-def frontier(points, at):
-    """Log-log interpolation of (calls, error) points (sorted by calls) at `at` calls; None outside."""
-    exact = [e for c, e in points if c == at]
-    if exact:
-        return exact[0]
-    for (c0, e0), (c1, e1) in zip(points, points[1:]):
-        if c0 <= at <= c1:
-            t = 0.0 if c1 == c0 else (math.log(at) - math.log(c0)) / (math.log(c1) - math.log(c0))
-            return math.exp(math.log(e0) + t * (math.log(e1) - math.log(e0)))
-    return None
-
-
-def calls_for(points, error):
-    """Calls a sampler needs to reach `error` (log-log interpolation); its fewest measured calls if
-    it is already that good there (it may need fewer: an upper bound), None if it never gets there."""
-    if error >= points[0][1]:
-        return points[0][0]
-    for (c0, e0), (c1, e1) in zip(points, points[1:]):
-        lo, hi = sorted((e0, e1))
-        if lo <= error <= hi and e0 != e1:
-            t = (math.log(error) - math.log(e0)) / (math.log(e1) - math.log(e0))
-            return math.exp(math.log(c0) + t * (math.log(c1) - math.log(c0)))
-    return None
-
-
 def command(host, args):
     if args.toy:
         args.seeds, args.nfe, args.schedules, args.calls = 4, "8", "karras", "8,16"
@@ -250,27 +224,20 @@ def command(host, args):
     ratios = []
     for tol, s in sweep:
         c, e = s.calls.mean().item(), s.err.mean().item()
-        at = {k: frontier(v, c) for k, v in curves.items()}
+        at = {k: evaluation.frontier(v, c) for k, v in curves.items()}
         at = {k: v for k, v in at.items() if v is not None}
-        need = {k: calls_for(v, e) for k, v in curves.items()}
-        need = {k: v for k, v in need.items() if v is not None}
         best_at = min(at.items(), key=lambda kv: kv[1]) if at else None
-        best_need = min(need.items(), key=lambda kv: kv[1]) if need else None
         line = f"calls {tol:<3} {c:5.2f} used, RMSE {e:.3e}"
         line += (f" | best peer at {c:.1f} calls: {best_at[0]} {best_at[1]:.3e} ({'below' if e < best_at[1] else 'ABOVE'})"
                  if best_at else " | no peer measured at these calls")
-        at_least = best_need and e >= curves[best_need[0]][0][1]      # the peer is that good at its fewest calls
-        line += (f" | best peer needs {'<= ' if at_least else ''}{best_need[1]:.1f} calls for this error "
-                 f"({best_need[0]}): {'<= ' if at_least else ''}{best_need[1] / c:.2f}x"
-                 if best_need else " | no peer reaches this error in its measured range")
-        print(line, flush=True)
-        ratios.append((tol, best_need[1] / c if best_need else None))
+        need = evaluation.calls_at_equal_error(curves, c, e)
+        print(line + " | " + need.text(), flush=True)
+        ratios.append((tol, need.ratio))
         per_schedule = []
         for sched in args.schedules.split(","):
-            mine = {k: v for k, v in need.items() if k.endswith(" " + sched)}
-            if mine:
-                name, calls = min(mine.items(), key=lambda kv: kv[1])
-                per_schedule.append(f"{sched} {calls / c:.2f}x ({name.split()[0]})")
+            mine = evaluation.calls_at_equal_error({k: v for k, v in curves.items() if k.endswith(" " + sched)}, c, e)
+            if mine.ratio is not None:
+                per_schedule.append(f"{sched} {mine.ratio:.2f}x ({mine.peer.split()[0]})")
         print("    per schedule, calls the best peer needs / sprint's:", ", ".join(per_schedule) or "none in range", flush=True)
     measured = [r for _, r in ratios if r is not None]
     print(f"fewer calls than the best peer at equal error (>= 1.0x / >= 1.3x): {sum(r >= 1.0 for r in measured)} / "
@@ -286,7 +253,7 @@ def command(host, args):
             continue
         s = adaptive(schedule(ms, "karras", nfe), f"sprint balanced ({nfe}-step budget)")
         c, e = s.calls.mean().item(), s.err.mean().item()
-        at = {k: v for k, v in ((k, frontier(p, c)) for k, p in curves.items()) if v is not None}
+        at = {k: v for k, v in ((k, evaluation.frontier(p, c)) for k, p in curves.items()) if v is not None}
         name, peer = min(at.items(), key=lambda kv: kv[1])
         print(s.row(), flush=True)
         print(f"    best peer at {c:.0f} calls: {name} {peer:.3e} -> sprint's error {e / peer:.2f}x of it", flush=True)

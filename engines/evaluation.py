@@ -5,6 +5,7 @@ The reference solves the probability-flow ODE of a known denoiser from the same 
 agrees to < 1e-5 RMSE. A sampler that stops early at sigma_stop > 0 is scored against the
 sigma = 0 reference, so its truncation error counts.
 """
+import dataclasses
 import math
 
 import torch
@@ -40,6 +41,58 @@ def mode_agreement(gmm, x, ref, label=None):
     """Fraction of samples whose final argmax component equals the reference's."""
     same = gmm.responsibilities(x, 0.0, label).argmax(1) == gmm.responsibilities(ref, 0.0, label).argmax(1)
     return same.to(torch.float64).mean().item()
+
+
+def frontier(points, at):
+    """Log-log interpolation of (calls, error) points (sorted by calls) at `at` calls; None outside."""
+    exact = [e for c, e in points if c == at]
+    if exact:
+        return exact[0]
+    for (c0, e0), (c1, e1) in zip(points, points[1:]):
+        if c0 <= at <= c1:
+            t = 0.0 if c1 == c0 else (math.log(at) - math.log(c0)) / (math.log(c1) - math.log(c0))
+            return math.exp(math.log(e0) + t * (math.log(e1) - math.log(e0)))
+    return None
+
+
+def calls_for(points, error):
+    """Calls a sampler needs to reach `error` (log-log interpolation between its (calls, error)
+    points, sorted by calls); its fewest measured calls if it is already that good there (it may
+    need fewer: an upper bound), None if it never gets there."""
+    if error >= points[0][1]:
+        return points[0][0]
+    for (c0, e0), (c1, e1) in zip(points, points[1:]):
+        lo, hi = sorted((e0, e1))
+        if lo <= error <= hi and e0 != e1:
+            t = (math.log(error) - math.log(e0)) / (math.log(e1) - math.log(e0))
+            return math.exp(math.log(c0) + t * (math.log(c1) - math.log(c0)))
+    return None
+
+
+@dataclasses.dataclass
+class EqualError:
+    """How many calls the best of some peers needs to reach an error, against the calls `spent`."""
+    spent: float
+    peer: str = None       # None: no peer reaches the error within its most measured calls, `calls`
+    calls: float = None
+    ratio: float = None    # peer's calls / ours: > 1 means fewer calls than every peer at equal error
+    bound: bool = False    # the peer is that good at its fewest measured calls: ratio is an upper bound
+
+    def text(self):
+        if self.peer is None:
+            return (f"no peer reaches this error within its {self.calls:g} measured calls: "
+                    f"> {self.calls / self.spent:.2f}x")
+        le = "<= " if self.bound else ""
+        return f"best peer needs {le}{self.calls:.1f} calls for this error ({self.peer}): {le}{self.ratio:.2f}x"
+
+
+def calls_at_equal_error(curves, calls, error):
+    """EqualError of `calls` spent for `error` against `curves` ({peer: sorted (calls, error) points})."""
+    need = {k: v for k, v in ((k, calls_for(p, error)) for k, p in curves.items()) if v is not None}
+    if not need:
+        return EqualError(calls, calls=max(c for p in curves.values() for c, _ in p))
+    peer, n = min(need.items(), key=lambda kv: kv[1])
+    return EqualError(calls, peer, n, n / calls, error >= curves[peer][0][1])
 
 
 class CountingModel:

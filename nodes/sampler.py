@@ -87,11 +87,11 @@ class SprintAdaptiveSampler(io.ComfyNode):
             node_id="SprintAdaptiveSampler",
             display_name="Sprint Adaptive Sampler",
             category="Sprint/sampling",
-            description=("An adaptive multistep sampler (4th-order Adams predictor-corrector) for SamplerCustom / "
-                         "SamplerCustomAdvanced. "
-                         "The SIGMAS are a budget: each image takes its own step sizes from an embedded error "
-                         "estimate, stops once its result has settled and never uses more model calls than "
-                         "the schedule's step count."),
+            description=("An adaptive multistep sampler (Adams predictor-corrector: 4th order, 3rd on flow models) "
+                         "for SamplerCustom / SamplerCustomAdvanced. "
+                         "The SIGMAS are a budget: the preset's model calls are spread along the schedule's own "
+                         "shape, each image stops once the calls it has left could change it by less than the "
+                         "tolerance, and none uses more model calls than the schedule's step count."),
             inputs=[
                 io.Combo.Input("preset", options=PRESETS, default="balanced", tooltip=PRESET_TOOLTIP),
                 io.Float.Input("tolerance", default=0.0, min=0.0, max=1.0, step=0.0005,

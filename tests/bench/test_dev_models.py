@@ -2,6 +2,7 @@
 of every class, made by KSampler in the real executor, are recognised by the classifier well above
 chance. Plus the codec's exactness and the two commands that make and measure them, shrunk."""
 import pathlib
+import re
 
 import pytest
 import torch
@@ -104,5 +105,10 @@ def test_train_dev_models_command_writes_loadable_fixtures(host, tmp_path):
 def test_bench_quality_toy_run(host):
     out = harness.cli(host, "bench-quality", "--toy").stdout
     for needle in ("reference", "ipndm karras 8 steps", "sprint balanced", "mini-FID", "accuracy", "SSIM",
-                   "early stop, 20 calls allowed", "tol 0.05"):
+                   "early stop, 20 calls allowed", "tol 0.05", "achieved error grows with the tolerance"):
         assert needle in out, (needle, out[-3000:])
+    # every Sprint row and every tolerance is set against the peers' calls at equal error
+    rows = [r for r in out.splitlines() if r.startswith(("sprint ", "tol "))]
+    assert len(rows) >= 2 * (3 + 1 + 1 + 6), out[-3000:]
+    equal_error = re.compile(r"(calls for this error \(.+\): (<= )?|measured calls: > )\d+\.\d\dx$")
+    assert all(equal_error.search(r) for r in rows), [r for r in rows if not equal_error.search(r)]

@@ -29,8 +29,14 @@ def test_every_node_has_a_help_page_naming_each_input_and_output(host):
         assert text.startswith(f"# {schema.display_name}\n"), node_id
         for section in ("## Inputs", "## Outputs", "## When to use", "## Limits"):
             assert section in text, f"{node_id}: {section} missing"
+        assert schema.description in text, f"{node_id}: the page's summary is not the node's description"
         for inp in schema.inputs:
-            assert f"`{inp.id}`" in text, f"{node_id}.{inp.id} not on its help page"
+            row = next((line for line in text.splitlines() if line.startswith(f"| `{inp.id}`")), None)
+            assert row is not None, f"{node_id}.{inp.id} not on its help page"
+            # the page says what the node says: its tooltip and default (pages drifted from the code once)
+            assert inp.tooltip in row, f"{node_id}.{inp.id}: the page's text is not the input's tooltip"
+            if getattr(inp, "default", None) is not None:
+                assert f"`{inp.default}`" in row, f"{node_id}.{inp.id}: the page's default is not {inp.default}"
         for out in schema.outputs:
             assert f"| {out.io_type} |" in text, f"{node_id} output {out.io_type} not on its help page"
     pages = {p.stem for p in (ROOT / "web" / "docs").glob("*.md")}
