@@ -188,11 +188,16 @@ def edm_adams_step(x, lam, points, target, flow=False, order=4, new=None):
         d, xn = new
         nodes.insert(0, s1 - s0)
         values.insert(0, (xn * _inv_alpha(target, flow) - d) / s1)
-    c = lagrange_integrals(torch.tensor([nodes], dtype=torch.float64), torch.tensor([s1 - s0], dtype=torch.float64))[0]
+    return _adams_y(x, lam, nodes, values, s1 - s0, flow) / _inv_alpha(target, flow)
+
+
+def _adams_y(x, lam, nodes, values, h, flow):
+    """y = x / alpha after a step h in s from (x, lam): g interpolated through (nodes, values), integrated."""
+    c = lagrange_integrals(torch.tensor([nodes], dtype=torch.float64), torch.tensor([h], dtype=torch.float64))[0]
     y = x * _inv_alpha(lam, flow)
     for cj, value in zip(c.tolist(), values):
         y = y + cj * value
-    return y / _inv_alpha(target, flow)
+    return y
 
 
 def _noise_points(points, s0, flow):
@@ -208,7 +213,7 @@ def adams_continuation(x, lam, points, target, flow=False, order=4):
     call. With the newest point at `target` it is that point's own prediction."""
     s0, s1 = math.exp(-lam), math.exp(-target)
     nodes, values = _noise_points(points[:order], s0, flow)
-    y = edm_adams_step(x, lam, points, target, flow, order) * _inv_alpha(target, flow)
+    y = _adams_y(x, lam, nodes, values, s1 - s0, flow)
     g = 0.0
     for j, value in enumerate(values):
         basis = math.prod((s1 - s0 - n) / (nodes[j] - n) for m, n in enumerate(nodes) if m != j)
@@ -393,7 +398,7 @@ def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=No
     if not o["tol"] >= 0 or int(o["calls"]) < 1:
         raise ValueError("sample_adaptive: tol must be >= 0 (0: never stop early), calls >= 1")
     if o["order"] not in (None, 1, 2, 3, 4) or not 0 <= o["min_fraction"] <= 1:
-        raise ValueError("sample_adaptive: order must be 1..4, min_fraction in [0, 1]")
+        raise ValueError("sample_adaptive: order must be 1..4 (None: the model kind's), min_fraction in [0, 1]")
     extra_args = {} if extra_args is None else extra_args
     sigmas = _row_scalars(sigmas)
     if len(sigmas) < 2:
