@@ -163,19 +163,18 @@ def command(host, args):
         import comfy.samplers
         schedules = (comfy.samplers.SCHEDULER_NAMES if args.schedules == "all"
                      else (args.schedules or SCHEDULE[kind]).split(","))
-        best, best_own = {}, {}                         # calls -> (RMSE, label) of the best peer (on Sprint's schedule)
         curves = {}                                     # "sampler schedule" -> sorted (calls, RMSE)
         for schedule in schedules:
             for name in args.samplers.split(","):
                 for steps in [int(s) for s in args.steps.split(",")]:
                     out, calls = run(comfy.samplers.sampler_object(name), steps, schedule)
                     s = run.scores(out, ref, ref_images, real_features)
-                    for table in (best, best_own) if schedule == own else (best,):
-                        table[calls] = min(table.get(calls, (float("inf"), "")), (s["rmse"], f"{name} {schedule}"))
                     curves.setdefault(f"{name} {schedule}", []).append((calls, s["rmse"]))
                     print(line(f"{name} {schedule} {steps} steps", calls, s), flush=True)
         curves = {k: sorted(v) for k, v in curves.items()}
-        print("best peer per calls: " + "; ".join(f"{c}: {e:.3e} ({n})" for c, (e, n) in sorted(best.items())), flush=True)
+        on_own = {k: v for k, v in curves.items() if k.endswith(" " + own)}
+        print("best peer per calls: " + "; ".join(f"{c:g}: {e:.3e} ({n})" for c, (n, e) in (
+            (c, evaluation.best_at(curves, c)) for c in sorted({c for p in curves.values() for c, _ in p}))), flush=True)
         sweeps = [(f"sprint {p} ({args.budget}-step budget)", p, {}, args.budget) for p in sampler_node.PRESETS]
         sweeps += [(f"sprint {c} calls ({args.budget}-step budget)", "balanced", {"calls": c}, args.budget)
                    for c in map(int, args.calls.split(","))]
@@ -186,10 +185,10 @@ def command(host, args):
             calls = info["nfe"].double().mean().item()
             s = run.scores(out, ref, ref_images, real_features)
             versus = ""
-            for table, where in ((best, ""), (best_own, f" on {own}")):
-                peer = table.get(round(calls)) or table.get(int(calls))
-                if peer and (where or peer[1].split()[-1] != own):   # one column where both are the same peer
-                    versus += f" | best peer{where} at {round(calls)} calls {peer[0]:.3e} ({peer[1]}): {peer[0] / s['rmse']:.2f}x"
+            for peers, where in ((curves, ""), (on_own, f" on {own}")):
+                peer = evaluation.best_at(peers, calls)          # interpolated at fractional calls
+                if peer and (where or peer[0].split()[-1] != own):   # one column where both are the same peer
+                    versus += f" | best peer{where} at {calls:.2f} calls {peer[1]:.3e} ({peer[0]}): {peer[1] / s['rmse']:.2f}x"
             print(line(label, calls, s) + versus + " | " + evaluation.calls_at_equal_error(curves, calls, s["rmse"]).text(),
                   flush=True)
         calibrate(run, args, ref, curves)
@@ -199,8 +198,8 @@ def command(host, args):
 def calibrate(run, args, ref, curves):
     """The early stop's promise: an image stops once the calls it has left could change it by less
     than tol. Per tolerance, the budget's every call allowed, the stopped images' RMSE to their own
-    run without the early stop (what the skipped calls would have changed) against tol, and the
-    calls the best peer (`curves`) needs for the same error against the calls spent."""
+    run without the early stop (what the skipped calls would have changed) and how much finishing
+    would have lowered their error against the reference, both against tol, and the calls the best peer (`curves`) needs for the same error against the calls spent."""
     def solve(tol):
         info = {}
         out, _ = run(sampler_node.adaptive_sampler("balanced", calls=args.budget, tol=tol, info=info), args.budget,
@@ -218,8 +217,10 @@ def calibrate(run, args, ref, curves):
         head = f"tol {tol:<6g} {calls:5.2f} calls, {stopped.double().mean():4.0%} stopped early"
         if stopped.any():
             skipped = evaluation.rmse(out[stopped], full[stopped]).double()
+            cut = (evaluation.rmse(out[stopped], ref[stopped]) - evaluation.rmse(full[stopped], ref[stopped])).max()
             head += (f"; what their skipped calls would change: median {skipped.median():.2e} "
-                     f"({skipped.median() / tol:.2f} tol), max {skipped.max():.2e} ({skipped.max() / tol:.2f} tol)")
+                     f"({skipped.median() / tol:.2f} tol), max {skipped.max():.2e} ({skipped.max() / tol:.2f} tol), "
+                     f"cut from the error at most {cut:.2e} ({cut / tol:.2f} tol)")
         print(f"{head}; RMSE vs reference {error:.3e} | {evaluation.calls_at_equal_error(curves, calls, error).text()}",
               flush=True)
     print("achieved error grows with the tolerance:", all(a <= b for a, b in zip(errors, errors[1:])), flush=True)

@@ -224,9 +224,7 @@ def command(host, args):
     ratios = []
     for tol, s in sweep:
         c, e = s.calls.mean().item(), s.err.mean().item()
-        at = {k: evaluation.frontier(v, c) for k, v in curves.items()}
-        at = {k: v for k, v in at.items() if v is not None}
-        best_at = min(at.items(), key=lambda kv: kv[1]) if at else None
+        best_at = evaluation.best_at(curves, c)
         line = f"calls {tol:<3} {c:5.2f} used, RMSE {e:.3e}"
         line += (f" | best peer at {c:.1f} calls: {best_at[0]} {best_at[1]:.3e} ({'below' if e < best_at[1] else 'ABOVE'})"
                  if best_at else " | no peer measured at these calls")
@@ -253,8 +251,7 @@ def command(host, args):
             continue
         s = adaptive(schedule(ms, "karras", nfe), f"sprint balanced ({nfe}-step budget)")
         c, e = s.calls.mean().item(), s.err.mean().item()
-        at = {k: v for k, v in ((k, evaluation.frontier(p, c)) for k, p in curves.items()) if v is not None}
-        name, peer = min(at.items(), key=lambda kv: kv[1])
+        name, peer = evaluation.best_at(curves, c)
         print(s.row(), flush=True)
         print(f"    best peer at {c:.0f} calls: {name} {peer:.3e} -> sprint's error {e / peer:.2f}x of it", flush=True)
 

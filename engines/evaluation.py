@@ -55,6 +55,13 @@ def frontier(points, at):
     return None
 
 
+def best_at(curves, calls):
+    """(peer, error) of the best of `curves` ({peer: sorted (calls, error) points}) at `calls`, each
+    interpolated by `frontier`; None where no peer was measured on both sides of that many calls."""
+    at = [(e, k) for k, e in ((k, frontier(p, calls)) for k, p in curves.items()) if e is not None]
+    return min(at)[::-1] if at else None
+
+
 def calls_for(points, error):
     """Calls a sampler needs to reach `error` (log-log interpolation between its (calls, error)
     points, sorted by calls); its fewest measured calls if it is already that good there (it may

@@ -106,8 +106,12 @@ def sample_dpmpp_multistep(model, x, sigmas, extra_args=None, callback=None, dis
 # tolerance (RMS, latent units, of the change the calls left could still make). Measured on the
 # trained dev models (bench-quality): on trained networks no per-step error control beat the
 # schedule's own shape at an even stride (README, "Adaptive sampler").
-PRESETS = {"draft": {"calls": 8, "tol": 0.005}, "balanced": {"calls": 12, "tol": 0.002},
-           "quality": {"calls": 16, "tol": 0.001}}
+# The tolerances are loose because a stopped sample returns its multistep continuation to the
+# schedule's end (adams_continuation): at 0.05 the trained EPS model's balanced run keeps its error
+# (0.0131 vs 0.0130) at 9.9 instead of 11.75 calls. The flow model's prediction keeps moving: it
+# does not stop at <= 0.05, and at 0.1 it stops where peers would have been cheaper (0.82x the calls).
+PRESETS = {"draft": {"calls": 8, "tol": 0.05}, "balanced": {"calls": 12, "tol": 0.05},
+           "quality": {"calls": 16, "tol": 0.02}}
 
 ADAPTIVE_DEFAULTS = {
     **PRESETS["balanced"],       # calls: model calls over the whole schedule (at most its steps)

@@ -1,4 +1,6 @@
 """Equal-error comparisons between samplers' (calls, error) curves (engines/evaluation.py)."""
+import math
+
 import pytest
 
 from sprint.engines import evaluation
@@ -25,3 +27,12 @@ def test_calls_at_equal_error_takes_the_cheapest_peer():
     assert bound.bound and bound.ratio == pytest.approx(0.5) and "<= 0.50x" in bound.text()
     none = evaluation.calls_at_equal_error(curves, 8.0, 1e-4)
     assert none.ratio is None and none.text().endswith("within its 16 measured calls: > 2.00x")
+
+
+def test_best_at_interpolates_each_peer_at_fractional_calls():
+    # "late" is worse at 4 calls but better from 8 on: the best peer depends on where it is read
+    curves = {"early": POWER, "late": [(4, 1.0), (8, 0.1), (16, 0.02)]}
+    assert evaluation.best_at(curves, 4) == ("early", POWER[0][1])
+    peer, error = evaluation.best_at(curves, 11.3)
+    assert peer == "late" and error == pytest.approx(0.1 * (0.2 ** (math.log(11.3 / 8) / math.log(2))))
+    assert evaluation.best_at(curves, 3.5) is None
