@@ -199,7 +199,8 @@ def calibrate(run, args, ref, curves):
     """The early stop's promise: an image stops once the calls it has left could change it by less
     than tol. Per tolerance, the budget's every call allowed, the stopped images' RMSE to their own
     run without the early stop (what the skipped calls would have changed) and how much finishing
-    would have lowered their error against the reference, both against tol, and the calls the best peer (`curves`) needs for the same error against the calls spent."""
+    would have lowered their error against the reference, both against tol, and the calls the best
+    peer (`curves`) needs for the same error against the calls spent."""
     def solve(tol):
         info = {}
         out, _ = run(sampler_node.adaptive_sampler("balanced", calls=args.budget, tol=tol, info=info), args.budget,
