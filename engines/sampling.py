@@ -37,14 +37,19 @@ def lagrange_integrals(nodes, h, kernel=None):
     s, w = _gauss_legendre()
     t = h[:, None] * s                                                   # [B, Q]
     weight = w * h[:, None] * (1.0 if kernel is None else kernel(t))
-    weights = []
+    return (weight[:, None] * lagrange_basis(nodes, t)).sum(2)
+
+
+def lagrange_basis(nodes, t):
+    """l_j(t) [B, k, Q]: the Lagrange basis on `nodes` [B, k] at times `t` [B, Q]."""
+    basis = []
     for j in range(nodes.shape[1]):
-        basis = torch.ones_like(t)
+        l_j = torch.ones_like(t)
         for m in range(nodes.shape[1]):
             if m != j:
-                basis = basis * (t - nodes[:, m, None]) / (nodes[:, j, None] - nodes[:, m, None])
-        weights.append((weight * basis).sum(1))
-    return torch.stack(weights, 1)
+                l_j = l_j * (t - nodes[:, m, None]) / (nodes[:, j, None] - nodes[:, m, None])
+        basis.append(l_j)
+    return torch.stack(basis, 1)
 
 
 def exponential_adams_weights(nodes, h, rate=1.0):
@@ -218,10 +223,8 @@ def adams_continuation(x, lam, points, target, flow=False, order=4):
     s0, s1 = math.exp(-lam), math.exp(-target)
     nodes, values = _noise_points(points[:order], s0, flow)
     y = _adams_y(x, lam, nodes, values, s1 - s0, flow)
-    g = 0.0
-    for j, value in enumerate(values):
-        basis = math.prod((s1 - s0 - n) / (nodes[j] - n) for m, n in enumerate(nodes) if m != j)
-        g = g + basis * value
+    basis = lagrange_basis(torch.tensor([nodes], dtype=torch.float64), torch.tensor([[s1 - s0]], dtype=torch.float64))
+    g = sum(l_j * value for l_j, value in zip(basis[0, :, 0].tolist(), values))
     return y - s1 * g
 
 
@@ -361,7 +364,7 @@ class _Trajectory:
         # as much. Stop once that bound is within tol (never before min_fraction of the schedule);
         # a stopped sample returns the multistep continuation's x0 at the schedule's end
         # (trained dev EPS models, tol 0.05 of a 20-call budget, 15.6-15.7 calls: RMSE vs a fine
-        # solve 0.0094 / 0.0075 -> 0.0054 / 0.0025 than with the x0 prediction where it stopped).
+        # solve 0.0054 / 0.0025, against 0.0094 / 0.0075 with the x0 prediction where it stopped).
         calls_left = math.ceil((self.u_end - self.u) / self.stride - 1e-6)
         if self.u >= self.u_end or self.nfe >= self.calls:
             stop = torch.ones(len(self.rows), dtype=torch.bool)
