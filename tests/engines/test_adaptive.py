@@ -101,6 +101,24 @@ def test_a_stopped_sample_returns_its_continuation_to_the_end(mixture):
     assert gap.mean() < 0.5 * gap_where.mean(), (gap, gap_where)
 
 
+def test_the_stop_bounds_the_change_of_what_it_returns():
+    """The bound is on the continuation's result, not on the x0 prediction where a sample stops:
+    with D = a - e sigma^2 the path is x = a + c sigma + e sigma^2, whose dx/dsigma (linear) the
+    continuation extrapolates exactly. Every call's continuation already lands on the finished
+    result, so a sample stops at its first call past min_fraction (11 of 20: index 10 of 19) and
+    returns that result, although its prediction still moves (by e (sigma_n^2 - sigma_n+1^2))."""
+    x = x_T(3)
+    a, e = torch.randn((2,) + x.shape[1:], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def denoise(x, sigma):
+        return a - e * sampling.append_dims(sigma, x.dim()).pow(2)
+    sigmas = sampling.get_sigmas_karras(20, SIGMA_MIN, SIGMA_MAX)
+    full, _, _ = solve(denoise, x, sigmas, calls=20, tol=0)
+    out, info, _ = solve(denoise, x, sigmas, calls=20, tol=1e-3)
+    assert (info["nfe"] == 11).all(), info["nfe"]
+    assert evaluation.rmse(out, full).max() < 1e-6     # float32 sigmas
+
+
 @pytest.mark.parametrize("steps,end", [(6, 0.0), (10, 0.0), (20, 0.0), (8, 0.5)])
 def test_never_exceeds_the_budget(mixture, steps, end):
     sigmas = sampling.get_sigmas_karras(steps, max(end, SIGMA_MIN), SIGMA_MAX)
