@@ -251,9 +251,10 @@ def command(host, args):
             continue
         s = adaptive(schedule(ms, "karras", nfe), f"sprint balanced ({nfe}-step budget)")
         c, e = s.calls.mean().item(), s.err.mean().item()
-        name, peer = evaluation.best_at(curves, c)
+        best = evaluation.best_at(curves, c)
         print(s.row(), flush=True)
-        print(f"    best peer at {c:.0f} calls: {name} {peer:.3e} -> sprint's error {e / peer:.2f}x of it", flush=True)
+        print(f"    best peer at {c:.0f} calls: {best[0]} {best[1]:.3e} -> sprint's error {e / best[1]:.2f}x of it"
+              if best else f"    no peer measured at {c:.2f} calls", flush=True)
 
     # 5. Distribution: stochastic samplers (and ours) on mode frequencies vs the mixture weights.
     m = args.dist_samples
