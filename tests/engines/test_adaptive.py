@@ -229,6 +229,31 @@ def test_flow_start_is_corrected(mixture):
         assert evaluation.rmse(out, exact).max() < evaluation.rmse(dpmpp, exact).max(), steps
 
 
+def test_the_last_result_follows_the_corrector(mixture):
+    """The last call predicts x0 at the predicted state; the result moves that prediction by half the
+    corrector's change of the state (sampling.LAST_GAIN). On the exact mixture, solves that run to
+    the end of their budget land closer to the exact x0 there than that prediction, the result
+    before, in the EPS and in the flow form."""
+    noise = torch.randn((4,) + mixture.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    flow = flow_denoiser(mixture)
+    for denoise, x, sigmas, options in (
+            (mixture.denoise, SIGMA_MAX * noise, sampling.get_sigmas_karras(20, SIGMA_MIN, SIGMA_MAX), {}),
+            (flow, noise, torch.linspace(1, 0, 21, dtype=torch.float64), {"flow": True})):
+        last = {}
+
+        def recorded(x, sigma):
+            last["x0"] = denoise(x, sigma)
+            return last["x0"]
+        sigma_last = float(sigmas[-2])
+        exact = denoise(evaluation.reference_solution(denoise, x, float(sigmas[0]), sigma_last, steps=800,
+                                                      check=False), torch.tensor([sigma_last]))
+        for calls in (6, 8):
+            out, info, _ = solve(recorded, x, sigmas, calls=calls, tol=0, **options)
+            assert (info["nfe"] == calls).all()
+            err, before = evaluation.rmse(out, exact), evaluation.rmse(last["x0"], exact)
+            assert (err < before).all(), (options, calls, err, before)
+
+
 @pytest.mark.parametrize("start", [5, 12])
 def test_img2img_schedules(start):
     """Schedules starting below sigma_max (denoise < 1) and ending above 0 (a partial solve)."""
