@@ -150,8 +150,9 @@ ODE_ORDER = {False: 4, True: 3}
 # that noise level, c ~ s: gain 1/2. Trained dev flow models, 20-step budget, 8 / 12 / 20 calls:
 # 0.0968 / 0.0358 / 0.0215 -> 0.0588 / 0.0288 / 0.0168 RMSE (seed 1: 0.126 / 0.0552 / 0.0266 -> 0.0947
 # / 0.0466 / 0.0233); exact mixture, karras 6 / 8 calls 0.0857 / 0.0220 -> 0.0527 / 0.0146; the EPS
-# model within 0.5 %. Gain 0.35 / 0.65 is flat around 1/2; gain 1 (the noise prediction kept) helps
-# the mixture more (0.0344 / 0.0095) but makes the flow model's 12 calls worse than gain 0 (0.0380).
+# model within 1.5 % (8 calls 1.3 % better, 6 calls 0.5 % worse). Gains 0.35 / 0.65 are flat around
+# 1/2; gain 1 (the noise prediction kept) helps the mixture more (0.0344 / 0.0095) but makes the flow
+# model's 12 calls worse than gain 0 (0.0380). Only the result: the history keeps J = 0 (_accept).
 LAST_GAIN = 0.5
 # SDE solves interpolate at most 3 points (DPM-Solver++(3M) SDE): a higher degree through the
 # noisy predictions amplifies the noise (development seeds, eta 1, order 4: mode frequencies
