@@ -192,8 +192,9 @@ def edm_adams_step(x, lam, points, target, flow=False, order=4, new=None):
 
     `points` are accepted solver points ((denoised, lambda, x), newest first; x = the state at lambda),
     the step starts at the newest (state x, log-SNR lam) and ends at `target` (finite: the sampler's
-    last call is at the schedule's last sigma, whose prediction gives the result: _last_result). g is interpolated through the newest `order` points in s on the actual (non-uniform)
-    steps: the Adams-Bashforth predictor. With `new` = (denoised, x) evaluated at the target it is
+    last call is at the schedule's last sigma, whose prediction gives the result: _last_result). g is
+    interpolated through the newest `order` points in s on the actual (non-uniform) steps: the
+    Adams-Bashforth predictor. With `new` = (denoised, x) evaluated at the target it is
     the Adams-Moulton corrector of the same order (new point plus order - 1 old ones): the PECE pair
     of Hairer, Norsett & Wanner, "Solving ODEs I", III.1. The predictor is rho-AB-DEIS (Zhang & Chen
     2023, "Fast Sampling of Diffusion Models with Exponential Integrator"; iPNDM is its fixed-step
