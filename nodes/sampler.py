@@ -77,7 +77,8 @@ PRESET_TOOLTIP = ("Model calls spread evenly along the schedule's shape, at most
 TOLERANCE_TOOLTIP = ("Expert: an image stops early once the calls it has left could change its result by less "
                      "than this (RMS, latent units); 0 uses the preset's ("
                      + ", ".join(f"{name} {p['tol']:g}" for name, p in sampling.PRESETS.items())
-                     + "). Larger stops earlier.")
+                     + "). Larger stops earlier, but never where the calls saved would have cut the error "
+                     "by more than stopping adds.")
 
 
 class SprintAdaptiveSampler(io.ComfyNode):

@@ -119,6 +119,21 @@ def test_the_stop_bounds_the_change_of_what_it_returns():
     assert evaluation.rmse(out, full).max() < 1e-6     # float32 sigmas
 
 
+def test_a_loose_tolerance_stops_only_where_the_calls_saved_buy_less(mixture):
+    """However loose tol, a stop must add less error than its calls would remove on the solver's
+    frontier (error ~ calls^-order): n of N calls may err at most (N / n)^4 times as much as all N.
+    (Without that test tol 1 stops these solves at 11 of 20 calls with 130x the error.)"""
+    x = x_T(16)
+    exact = evaluation.reference_solution(mixture.denoise, x, SIGMA_MAX, 0.0, steps=800)
+    sigmas = sampling.get_sigmas_karras(20, SIGMA_MIN, SIGMA_MAX)
+    full, _, _ = solve(mixture.denoise, x, sigmas, calls=20, tol=0)
+    out, info, _ = solve(mixture.denoise, x, sigmas, calls=20, tol=1.0)
+    calls = info["nfe"].double().mean().item()
+    assert calls < 20, info["nfe"]
+    error, error_full = evaluation.rmse(out, exact).mean().item(), evaluation.rmse(full, exact).mean().item()
+    assert error <= error_full * (20 / calls) ** 4, (calls, error, error_full)
+
+
 @pytest.mark.parametrize("steps,end", [(6, 0.0), (10, 0.0), (20, 0.0), (8, 0.5)])
 def test_never_exceeds_the_budget(mixture, steps, end):
     sigmas = sampling.get_sigmas_karras(steps, max(end, SIGMA_MIN), SIGMA_MAX)
