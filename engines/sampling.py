@@ -395,11 +395,11 @@ class _Trajectory:
         # that result moved by `change` over the last stride and moves less and less as sigma falls,
         # so the calls left could change it by at most about that many times as much. Stop once
         # that bound is within tol and below what the calls left would buy (_worth), never before
-        # min_fraction of the schedule. SDE solves return
-        # their x0 prediction, so theirs is the prediction's change. Bounding what a stop returns
-        # rather than the prediction (trained dev EPS model, tolerance sweep of a 20-call budget:
-        # the best ComfyUI sampler needs 1.28-1.38x the calls at equal error instead of 1.17-1.27x;
-        # 16.14 instead of 17.50 calls for RMSE 3.44e-3 vs a fine solve).
+        # min_fraction of the schedule. SDE solves return their x0 prediction, so theirs is the
+        # prediction's change. Bounding what a stop returns rather than the prediction (trained dev
+        # EPS model, tolerance sweep of a 20-call budget: the best ComfyUI sampler needs 1.28-1.38x
+        # the calls at equal error instead of 1.17-1.27x; 16.14 instead of 17.50 calls for RMSE
+        # 3.44e-3 vs a fine solve).
         calls_left = math.ceil((self.u_end - self.u) / self.stride - 1e-6)
         at_end = self.u >= self.u_end or self.nfe >= self.calls
         end = None if at_end or not math.isfinite(self.lam) else self._continuation(denoised)
