@@ -122,7 +122,7 @@ def test_the_stop_bounds_the_change_of_what_it_returns():
 def test_a_loose_tolerance_stops_only_where_the_calls_saved_buy_less(mixture):
     """However loose tol, a stop must add less error than its calls would remove on the solver's
     frontier (error ~ calls^-order): n of N calls may err at most (N / n)^4 times as much as all N.
-    (Without that test tol 1 stops these solves at 11 of 20 calls with 130x the error.)"""
+    (Without that check tol 1 stops these solves at 11 of 20 calls with 130x the error.)"""
     x = x_T(16)
     exact = evaluation.reference_solution(mixture.denoise, x, SIGMA_MAX, 0.0, steps=800)
     sigmas = sampling.get_sigmas_karras(20, SIGMA_MIN, SIGMA_MAX)
