@@ -167,7 +167,7 @@ SDE_ORDER = 3
 # 0.188 / 0.0547 / 0.0503 / 0.0391 / 0.0348 / 0.0178 RMSE; trained dev EPS model, 5-8 calls 0.307 /
 # 0.155 / 0.0901 / 0.0556 -> 0.178 / 0.0872 / 0.0507 / 0.0368; 10 calls 0.0238 -> 0.0227, 12 and
 # more keep the schedule's end. Steps of up to ln 3: the mixture's 7 / 8 calls 0.0311 / 0.0239, the
-# EPS model's 0.0558 / 0.0423. Flow schedules from sigma = 1 end above tol / TAIL_BOUND already.
+# EPS model's 0.0558 / 0.0423. The dev flow model's shift-3 simple schedules end above tol / TAIL_BOUND.
 MAX_LOG_STEP = 1.0
 TAIL_BOUND = 0.30
 

@@ -73,7 +73,8 @@ def _options(preset, tolerance, eta=0.0):
 
 PRESET_TOOLTIP = ("Model calls spread evenly along the schedule's shape, at most its steps: "
                   + ", ".join(f"{name} {p['calls']}" for name, p in sampling.PRESETS.items())
-                  + ". Fewer steps than that: every step is a call.")
+                  + ". Fewer steps than that: every step is a call. Calls that would lower sigma more than an e-fold "
+                  "from one to the next end higher, skipping at most the tolerance's worth of detail.")
 TOLERANCE_TOOLTIP = ("Expert: an image stops early once the calls it has left could change its result by less "
                      "than this (RMS, latent units); 0 uses the preset's ("
                      + ", ".join(f"{name} {p['tol']:g}" for name, p in sampling.PRESETS.items())

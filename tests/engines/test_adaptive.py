@@ -49,8 +49,9 @@ def test_converges_with_high_order_on_the_closed_form():
 
 def test_calls_follow_the_schedules_shape(mixture):
     """The calls lie an even stride apart on the schedule's own index: a budget below the preset's
-    calls is spent on exactly its sigmas, a longer one is resampled along the same shape; the
-    result errs less than DPM-Solver++(2M) on the same sigmas."""
+    calls is spent on exactly its sigmas (tol 0; a tolerance lets a sparse one end higher: below),
+    a longer one is resampled along the same shape; the result errs less than DPM-Solver++(2M) on
+    the same sigmas."""
     x = x_T(16)
     exact = evaluation.reference_solution(mixture.denoise, x, SIGMA_MAX, 0.0, steps=800)
     for steps, calls in ((7, 7), (23, 12)):
@@ -66,6 +67,37 @@ def test_calls_follow_the_schedules_shape(mixture):
         same = sigmas[:-1:(steps - 1) // (calls - 1)]
         dpmpp = sampling.sample_dpmpp_multistep(mixture.denoise, x, torch.cat([same, same.new_zeros(1)]), order=2)
         assert evaluation.rmse(out, exact).mean() < evaluation.rmse(dpmpp, exact).mean()
+
+
+def test_a_sparse_budget_ends_higher_and_errs_less(mixture):
+    """Karras budgets of 6 and 8 calls step more than an e-fold of sigma near their end: their last
+    call rises until no step does (8 calls), but no higher than tol / TAIL_BOUND (6 calls), and the
+    exact mixture errs less on average than on the schedule's own sigmas (tol 0 keeps them); 12 calls
+    keep them."""
+    x = x_T(8)
+    exact = evaluation.reference_solution(mixture.denoise, x, SIGMA_MAX, 0.0, steps=800)
+    tol = 0.04
+    for calls in (6, 8, 12):
+        sigmas = sampling.get_sigmas_karras(calls, SIGMA_MIN, SIGMA_MAX)
+        seen = []
+
+        def denoise(x, sigma):
+            seen.append(float(sigma[0]))
+            return mixture.denoise(x, sigma)
+        out, info, _ = solve(denoise, x, sigmas, calls=calls, tol=tol, min_fraction=1.0)   # no early stop
+        kept, _, _ = solve(mixture.denoise, x, sigmas, calls=calls, tol=0)
+        assert (info["nfe"] == calls).all() and len(seen) == calls
+        steps = torch.tensor(seen, dtype=torch.float64).log().diff().neg()
+        if calls == 12:
+            assert torch.allclose(torch.tensor(seen, dtype=torch.float64), sigmas[:-1], rtol=1e-9)
+            assert torch.equal(out, kept)
+            continue
+        if calls == 6:
+            assert math.isclose(seen[-1], tol / sampling.TAIL_BOUND, rel_tol=1e-6) and steps.max() > 1
+        else:
+            assert seen[-1] < tol / sampling.TAIL_BOUND and math.isclose(steps.max(), sampling.MAX_LOG_STEP, rel_tol=1e-6)
+        assert seen[-1] > float(sigmas[-2]) and math.isclose(seen[0], SIGMA_MAX, rel_tol=1e-6)
+        assert evaluation.rmse(out, exact).mean() < evaluation.rmse(kept, exact).mean(), calls
 
 
 def test_early_stop_bounds_what_the_calls_left_would_change(mixture):
